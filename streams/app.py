@@ -1,0 +1,317 @@
+"""The Faust app of a Kairos worker: topics, RocksDB tables, the processing agent and timers.
+
+One agent consumes the events, outcomes and timer-tick topics, all keyed by customer id with the
+same partition count, so a customer's state, pending decisions and outcomes meet in one place and
+every table write happens inside the stream (Faust needs the source partition for the changelog).
+Timers are due times kept in the tables; an in-memory index (rebuilt from the tables after every
+rebalance) turns each due time into a tick record that the agent handles like any other record.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from engine.clock import Clock, SystemClock
+from faust.types import EventT
+
+from engine.campaign import Campaign
+from streams.metrics import WorkerMetrics
+from streams.processor import Processor, Result, decode_pending
+from streams.settings import Settings
+
+log = logging.getLogger("kairos.app")
+
+
+@dataclass
+class TimerIndex:
+    """Due times of this worker's customers (timers and attribution deadlines), soonest first."""
+
+    heap: list[tuple[float, str]] = field(default_factory=list)
+    due_at: dict[str, float] = field(default_factory=dict)
+
+    def schedule(self, customer_id: str, due: float | None) -> None:
+        """Remember the customer's next due time (None: nothing due)."""
+        if due is None:
+            self.due_at.pop(customer_id, None)
+            return
+        if self.due_at.get(customer_id) == due:
+            return
+        self.due_at[customer_id] = due
+        heapq.heappush(self.heap, (due, customer_id))
+
+    def pop_due(self, now: float, limit: int = 10_000) -> list[str]:
+        """Customers whose due time has come (stale heap entries are skipped)."""
+        out: list[str] = []
+        while self.heap and self.heap[0][0] <= now and len(out) < limit:
+            due, customer_id = heapq.heappop(self.heap)
+            if self.due_at.get(customer_id) == due:
+                del self.due_at[customer_id]
+                out.append(customer_id)
+        return out
+
+    def clear(self) -> None:
+        """Forget everything (before a rebuild after a rebalance)."""
+        self.heap.clear()
+        self.due_at.clear()
+
+
+class KairosApp:
+    """A configured worker: the Faust app plus the processor and the timer index it drives."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        campaigns: Sequence[Campaign],
+        clock: Clock | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or WorkerMetrics()
+        self.metrics.set_state("starting")
+        self.processor = Processor(settings, campaigns, self.clock, self.metrics)
+        self.timers = TimerIndex()
+        self.ready = False
+        self.started_at = time.monotonic()
+        self._published_versions: dict[str, int] = {}
+        self._snapshot_key = settings.snapshot_key.encode() if settings.snapshot_key else None
+        self._rebuild_timers = True
+        self.app = self._build_faust_app()
+
+    def _build_faust_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=s.broker_url,
+            broker_credentials=_credentials(s),
+            store="rocksdb://",
+            datadir=str(s.data_dir),
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication_factor,
+            # Start-up: a worker that died leaves its member in the group until the session
+            # times out; 10 s (not Faust's 60 s) bounds that wait, heartbeats at 1 s keep it alive.
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=s.heartbeat_interval_s,
+            broker_rebalance_timeout=s.rebalance_timeout_s,
+            broker_commit_interval=s.commit_interval_s,
+            consumer_auto_offset_reset="earliest",
+            # Latency: send at once rather than waiting to fill a batch.
+            producer_linger=s.producer_linger_ms / 1000.0,
+            producer_acks=s.producer_acks,
+            processing_guarantee=s.processing_guarantee,
+            # No leader election topic: Kairos has no leader-only work.
+            topic_disable_leader=True,
+            table_cleanup_interval=3600.0,
+            web_enabled=True,
+            web_host=s.web_host,
+            web_port=s.web_port,
+            web_bind=s.web_host,
+            web_in_thread=False,
+        )
+        raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+        names = s.topics
+        self.events_topic = app.topic(names.events, partitions=s.partitions, **raw)
+        self.outcomes_topic = app.topic(names.outcomes, partitions=s.partitions, **raw)
+        self.ticks_topic = app.topic(names.ticks, partitions=s.partitions, **raw)
+        self.out_topics = {
+            name: app.topic(name, **raw)
+            for name in (names.decisions, names.rewards, names.dlq, names.models)
+        }
+        self.states = app.Table(
+            "customers", partitions=s.partitions, key_type=bytes, value_type=bytes, **raw
+        )
+        self.pending = app.Table(
+            "pending", partitions=s.partitions, key_type=bytes, value_type=bytes, **raw
+        )
+        source = app.topic(
+            names.events, names.outcomes, names.ticks, partitions=s.partitions, **raw
+        )
+        rows = _TableRows(self)
+
+        @app.agent(source, name="kairos.process")
+        async def process(stream: faust.StreamT[bytes]) -> None:
+            async for event in stream.events():
+                await self._handle(event, rows)
+
+        @app.timer(interval=s.timer_tick_s, name="kairos.timers")
+        async def fire_timers() -> None:
+            await self._fire_due()
+
+        @app.timer(interval=s.snapshot_interval_s, name="kairos.snapshots")
+        async def publish_snapshots() -> None:
+            await self.publish_snapshots()
+
+        @app.on_rebalance_complete.connect
+        async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
+            self._rebuild_timers = True
+            if not self.ready:
+                log.info(
+                    "worker ready",
+                    extra={"ready_after_s": round(time.monotonic() - self.started_at, 3)},
+                )
+            self.ready = True
+            self.metrics.set_state("running")
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+            self.metrics.set_state("recovering")
+
+        @app.page("/healthz")
+        async def healthz(web: Any, request: Any) -> Any:
+            return web.json({"status": "ok"})
+
+        @app.page("/readyz")
+        async def readyz(web: Any, request: Any) -> Any:
+            ready = self.ready and not app.rebalancing
+            return web.json({"ready": ready}, status=200 if ready else 503)
+
+        @app.page("/metrics")
+        async def metrics(web: Any, request: Any) -> Any:
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            body = generate_latest(self.metrics.registry)
+            return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+        @app.page("/customers/{customer_id}")
+        async def customer(web: Any, request: Any, customer_id: str) -> Any:
+            from engine.state import decode_state
+
+            data = self.states.get(customer_id.encode())
+            if data is None:
+                return web.json({"error": "unknown customer"}, status=404)
+            import msgspec
+
+            pending = decode_pending(self.pending.get(customer_id.encode()))
+            return web.json(
+                {
+                    "state": msgspec.to_builtins(decode_state(data)),
+                    "open_decisions": [o.decision.decision_id for o in pending.open],
+                }
+            )
+
+        return app
+
+    async def _handle(self, event: EventT, rows: _TableRows) -> None:
+        message = event.message
+        topic = message.topic
+        source = (topic, message.partition, message.offset)
+        value: bytes = event.value if isinstance(event.value, bytes) else b""
+        names = self.settings.topics
+        if topic == names.events:
+            result = self.processor.on_event(value, rows, source)
+        elif topic == names.outcomes:
+            result = self.processor.on_outcome(value, rows, source)
+        else:
+            key = event.key
+            if not isinstance(key, bytes):
+                return
+            result = self.processor.on_tick(key.decode(), rows)
+        await self._apply(result)
+
+    async def _apply(self, result: Result) -> None:
+        if result.customer_id is not None:
+            key = result.customer_id.encode()
+            if result.state is not None:
+                self.states[key] = result.state
+            if result.pending is not None:
+                self.pending[key] = result.pending
+            self.timers.schedule(result.customer_id, result.next_due)
+        for out in result.outputs:
+            await self.out_topics[out.topic].send(key=out.key, value=out.value)
+
+    async def publish_snapshots(self) -> int:
+        """Send each campaign's models to the compacted models topic if they learned since."""
+        sent = 0
+        for name, runtime in self.processor.runtimes.items():
+            version = runtime.bandit.version
+            if version <= self._published_versions.get(name, 0):
+                continue
+            data = runtime.bandit.snapshot(key=self._snapshot_key)
+            await self.out_topics[self.settings.topics.models].send(key=name.encode(), value=data)
+            self._published_versions[name] = version
+            self.metrics.snapshots.labels(direction="published").inc()
+            sent += 1
+        return sent
+
+    async def _fire_due(self) -> None:
+        if not self.ready or self.app.rebalancing:
+            return
+        if self._rebuild_timers:
+            self._rebuild_timers = False
+            self._rebuild_index()
+        for customer_id in self.timers.pop_due(self.clock.now().timestamp()):
+            await self.ticks_topic.send(key=customer_id.encode(), value=b"")
+        self.metrics.pending_timers.set(len(self.timers.due_at))
+
+    def _rebuild_index(self) -> None:
+        """Re-read due times from the tables of the partitions this worker now holds."""
+        from engine.state import decode_state
+
+        started = time.perf_counter()
+        self.timers.clear()
+        for key, data in self.states.items():
+            state = decode_state(data)
+            dues = [due_at for due_at, _ in state.timers.values()]
+            if dues:
+                self.timers.schedule(key.decode(), min(dues))
+        for key, data in self.pending.items():
+            pending = decode_pending(data)
+            if pending.open:
+                customer_id = key.decode()
+                soonest = min(o.deadline for o in pending.open)
+                current = self.timers.due_at.get(customer_id)
+                self.timers.schedule(
+                    customer_id, soonest if current is None else min(current, soonest)
+                )
+        log.info(
+            "timer index rebuilt: %d customers in %.3f s",
+            len(self.timers.due_at),
+            time.perf_counter() - started,
+        )
+
+
+class _TableRows:
+    """The processor's view of the Faust tables."""
+
+    def __init__(self, owner: KairosApp) -> None:
+        self._owner = owner
+
+    def state(self, customer_id: str) -> bytes | None:
+        value = self._owner.states.get(customer_id.encode())
+        return value if isinstance(value, bytes) else None
+
+    def pending(self, customer_id: str) -> bytes | None:
+        value = self._owner.pending.get(customer_id.encode())
+        return value if isinstance(value, bytes) else None
+
+
+def _credentials(settings: Settings) -> Any:
+    """Faust credentials for SASL/SSL, or None for plaintext."""
+    sec = settings.security
+    if sec.protocol == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if sec.protocol in ("SSL", "SASL_SSL"):
+        import ssl
+
+        ssl_context = ssl.create_default_context(
+            cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None
+        )
+        if sec.ssl_certfile:
+            ssl_context.load_cert_chain(
+                str(sec.ssl_certfile), str(sec.ssl_keyfile) if sec.ssl_keyfile else None
+            )
+    if sec.protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=sec.sasl_username,
+            password=sec.sasl_password,
+            mechanism=sec.sasl_mechanism or "PLAIN",
+            ssl_context=ssl_context,
+        )
+    return faust.SSLCredentials(ssl_context)

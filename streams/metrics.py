@@ -1,0 +1,104 @@
+"""Prometheus metrics of a worker: what operators watch (issue 6 extends the set)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Trigger-to-decision latency buckets in seconds: sub-millisecond to seconds.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+
+class WorkerMetrics:
+    """All metrics of one worker, on their own registry so tests and several apps don't collide."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter(
+            "kairos_events_total", "Customer events consumed, by type", ["type"], registry=r
+        )
+        self.outcomes_in = Counter(
+            "kairos_outcomes_total", "Outcomes consumed, by type", ["type"], registry=r
+        )
+        self.duplicates = Counter(
+            "kairos_duplicates_total", "Records ignored as already processed", ["kind"], registry=r
+        )
+        self.triggers = Counter(
+            "kairos_triggers_total", "Triggers detected, by type", ["type"], registry=r
+        )
+        self.decisions = Counter(
+            "kairos_decisions_total",
+            "Decisions sent to the action topic",
+            ["campaign", "action", "explore", "holdout"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "kairos_trigger_to_decision_seconds",
+            "Time from the trigger (event time or timer due time) to the decision",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rewards = Counter(
+            "kairos_rewards_total",
+            "Reward records emitted, by how the window closed",
+            ["campaign", "closed_by"],
+            registry=r,
+        )
+        self.late_outcomes = Counter(
+            "kairos_late_outcomes_total",
+            "Outcomes for decisions whose window had closed",
+            registry=r,
+        )
+        self.unattributed_outcomes = Counter(
+            "kairos_unattributed_outcomes_total",
+            "Outcomes with no decision id and no open attribution window",
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "kairos_dead_letters_total",
+            "Records sent to the dead-letter topic",
+            ["reason"],
+            registry=r,
+        )
+        self.model_updates = Counter(
+            "kairos_model_updates_total", "Rewards learned in process", ["campaign"], registry=r
+        )
+        self.model_version = Gauge(
+            "kairos_model_version", "Model version (updates learned)", ["campaign"], registry=r
+        )
+        self.snapshots = Counter(
+            "kairos_snapshots_total",
+            "Model snapshots published or loaded",
+            ["direction"],
+            registry=r,
+        )
+        self.worker_state = Gauge(
+            "kairos_worker_state",
+            "1 for the worker's current state",
+            ["state"],
+            registry=r,
+        )
+        self.pending_timers = Gauge(
+            "kairos_pending_timers", "Timers and attribution deadlines indexed", registry=r
+        )
+
+    def set_state(self, state: str) -> None:
+        """Mark the worker state (starting, recovering, running, stopping)."""
+        for name in ("starting", "recovering", "running", "stopping"):
+            self.worker_state.labels(state=name).set(1.0 if name == state else 0.0)

@@ -1,0 +1,374 @@
+"""Per-record processing of a worker, independent of Faust: records in, table updates and records out.
+
+The Faust agent (streams/app.py) owns I/O: it reads the customer's rows, calls one of the ``on_*``
+methods, writes the rows back and sends the outputs. Keeping this layer free of Faust lets the
+component tests and benchmarks drive it with plain dictionaries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import msgspec
+from engine.clock import Clock
+from engine.decide import CampaignRuntime, decision_id
+from engine.state import (
+    CustomerState,
+    apply,
+    apply_outcome,
+    decode_state,
+    encode_state,
+    is_duplicate,
+    record_decision,
+)
+from engine.triggers import TriggerConfig, detect, due
+
+from engine.campaign import Campaign
+from engine.rewards import reward_of
+from schemas.codec import (
+    RecordError,
+    check_time,
+    decode_event,
+    decode_outcome,
+    encode,
+)
+from schemas.records import Decision, Outcome, RewardRecord, Trigger
+from streams.dead_letters import dead_letter_record
+from streams.metrics import WorkerMetrics
+from streams.settings import Settings
+
+log = logging.getLogger("kairos.processor")
+
+# Outcome types that end a decision's attribution window at once: nothing later can change the
+# reward of a conversion or an unsubscribe, so learning need not wait for the window to close.
+CLOSING_OUTCOMES = frozenset({"converted", "unsubscribed"})
+RECENT_CLOSED = 64
+RECENT_OUTCOMES = 64
+
+
+class OpenDecision(msgspec.Struct, array_like=True):
+    """A decision waiting for outcomes until its attribution deadline."""
+
+    decision: Decision
+    deadline: float
+    outcome_ids: list[str] = []
+    outcome_types: list[str] = []
+    outcome_values: list[float] = []
+
+
+class PendingSet(msgspec.Struct, array_like=True):
+    """A customer's open decisions plus recent closed decision and outcome ids (for dedupe)."""
+
+    open: list[OpenDecision] = []
+    closed: list[str] = []
+    outcome_ids: list[str] = []
+
+
+_pending_encoder = msgspec.msgpack.Encoder()
+_pending_decoder = msgspec.msgpack.Decoder(PendingSet)
+
+
+def encode_pending(pending: PendingSet) -> bytes:
+    """Serialize a customer's pending decisions for the RocksDB table."""
+    return _pending_encoder.encode(pending)
+
+
+def decode_pending(data: bytes | None) -> PendingSet:
+    """Read a customer's pending decisions; an absent row is an empty set."""
+    return PendingSet() if not data else _pending_decoder.decode(data)
+
+
+@dataclass
+class Output:
+    """A record to send: topic name, key and value (already encoded)."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    """What processing one record changed and produced."""
+
+    customer_id: str | None
+    state: bytes | None = None
+    pending: bytes | None = None
+    outputs: list[Output] = field(default_factory=list)
+    next_due: float | None = None
+    decisions: list[Decision] = field(default_factory=list)
+    rewards: list[RewardRecord] = field(default_factory=list)
+
+
+class CustomerRows(Protocol):
+    """Read access to a customer's rows in the worker's tables."""
+
+    def state(self, customer_id: str) -> bytes | None:
+        """The encoded customer state, or None."""
+        ...
+
+    def pending(self, customer_id: str) -> bytes | None:
+        """The encoded pending decisions, or None."""
+        ...
+
+
+class Processor:
+    """Turns events, outcomes and timer ticks into state updates, decisions and rewards."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        campaigns: Sequence[Campaign],
+        clock: Clock,
+        metrics: WorkerMetrics | None = None,
+        on_learn: Callable[[str, RewardRecord], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics or WorkerMetrics()
+        self.runtimes = {c.name: CampaignRuntime.from_campaign(c, settings.seed) for c in campaigns}
+        self.trigger_config = TriggerConfig(
+            cart_abandon_after_s=settings.cart_abandon_after_s,
+            lapse_after_days=settings.lapse_after_days,
+        )
+        self._by_trigger: dict[str, list[CampaignRuntime]] = {}
+        for runtime in self.runtimes.values():
+            for trigger_type in runtime.campaign.triggers:
+                self._by_trigger.setdefault(trigger_type, []).append(runtime)
+        self._on_learn = on_learn
+        self._topics = settings.topics
+
+    # ---- events -------------------------------------------------------------------------------
+
+    def on_event(self, raw: bytes, rows: CustomerRows, source: tuple[str, int, int]) -> Result:
+        """Validate an event, update the customer's state, and decide on the triggers it causes."""
+        now = self.clock.now()
+        try:
+            event = decode_event(raw)
+            check_time(
+                event.ts,
+                now,
+                timedelta(days=self.settings.max_event_age_days),
+                timedelta(seconds=self.settings.max_event_future_s),
+            )
+        except RecordError as error:
+            return self._dead_letter(raw, source, error)
+        customer_id = event.customer_id
+        self.metrics.events_in.labels(type=event.type).inc()
+        prev = _load_state(rows.state(customer_id))
+        if prev is not None and is_duplicate(prev, event.event_id):
+            self.metrics.duplicates.labels(kind="event").inc()
+            return Result(customer_id)
+        state = apply(prev, event)
+        triggers, state = detect(prev, state, event, self.trigger_config)
+        pending = decode_pending(rows.pending(customer_id))
+        result = Result(customer_id)
+        state = self._decide_all(state, pending, triggers, now, result)
+        return self._finish(result, state, pending)
+
+    # ---- outcomes -----------------------------------------------------------------------------
+
+    def on_outcome(self, raw: bytes, rows: CustomerRows, source: tuple[str, int, int]) -> Result:
+        """Attach an outcome to its decision (by id, or by the customer's open window)."""
+        now = self.clock.now()
+        try:
+            outcome = decode_outcome(raw)
+        except RecordError as error:
+            return self._dead_letter(raw, source, error)
+        customer_id = outcome.customer_id
+        self.metrics.outcomes_in.labels(type=outcome.type).inc()
+        pending = decode_pending(rows.pending(customer_id))
+        if outcome.outcome_id in pending.outcome_ids:
+            self.metrics.duplicates.labels(kind="outcome").inc()
+            return Result(customer_id)
+        target = _find_open(pending, outcome)
+        if target is None:
+            if outcome.decision_id is not None and outcome.decision_id in pending.closed:
+                self.metrics.late_outcomes.inc()
+                log.info("late outcome %s for closed decision", outcome.type)
+                return Result(customer_id)
+            if outcome.decision_id is not None:
+                return self._dead_letter(
+                    raw,
+                    source,
+                    RecordError("unknown_decision", f"no decision {outcome.decision_id!r}"),
+                )
+            self.metrics.unattributed_outcomes.inc()
+            return Result(customer_id)
+        pending.outcome_ids = _ring(pending.outcome_ids, outcome.outcome_id, RECENT_OUTCOMES)
+        target.outcome_ids.append(outcome.outcome_id)
+        target.outcome_types.append(outcome.type)
+        target.outcome_values.append(outcome.value)
+        result = Result(customer_id)
+        state = _load_state(rows.state(customer_id))
+        if state is not None:
+            channel = target.decision.action.get("channel")
+            state = apply_outcome(state, outcome, channel)
+        if outcome.type in CLOSING_OUTCOMES:
+            self._close(pending, target, now, expired=False, result=result)
+        return self._finish(result, state, pending)
+
+    # ---- timers -------------------------------------------------------------------------------
+
+    def on_tick(self, customer_id: str, rows: CustomerRows) -> Result:
+        """Fire the customer's due timers (derived triggers) and close expired attribution windows."""
+        now = self.clock.now()
+        state = _load_state(rows.state(customer_id))
+        pending = decode_pending(rows.pending(customer_id))
+        result = Result(customer_id)
+        if state is not None:
+            triggers, state = due(state, now, self.trigger_config)
+            state = self._decide_all(state, pending, triggers, now, result)
+        now_epoch = now.timestamp()
+        for item in [o for o in pending.open if o.deadline <= now_epoch]:
+            self._close(pending, item, now, expired=not item.outcome_ids, result=result)
+        return self._finish(result, state, pending)
+
+    # ---- learning -----------------------------------------------------------------------------
+
+    def learn(self, record: RewardRecord) -> None:
+        """Update the deciding campaign's models in process (one worker: no staleness)."""
+        runtime = self.runtimes.get(record.decision.campaign)
+        if runtime is None or record.decision.holdout:
+            return
+        runtime.learn(record)
+        self.metrics.model_updates.labels(campaign=runtime.campaign.name).inc()
+        self.metrics.model_version.labels(campaign=runtime.campaign.name).set(
+            runtime.bandit.version
+        )
+        if self._on_learn is not None:
+            self._on_learn(runtime.campaign.name, record)
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    def _decide_all(
+        self,
+        state: CustomerState,
+        pending: PendingSet,
+        triggers: Iterable[Trigger],
+        now: datetime,
+        result: Result,
+    ) -> CustomerState:
+        for trigger in triggers:
+            self.metrics.triggers.labels(type=trigger.type).inc()
+            for runtime in self._by_trigger.get(trigger.type, ()):
+                did = decision_id(runtime.campaign.name, trigger.trigger_id)
+                if did in pending.closed or any(
+                    o.decision.decision_id == did for o in pending.open
+                ):
+                    self.metrics.duplicates.labels(kind="decision").inc()
+                    continue
+                decision = runtime.decide(state, trigger, now)
+                state = record_decision(state, decision)
+                pending.open.append(
+                    OpenDecision(decision, decision.attribution_deadline.timestamp())
+                )
+                result.decisions.append(decision)
+                result.outputs.append(
+                    Output(
+                        self._topics.decisions,
+                        decision.customer_id.encode(),
+                        encode(decision),
+                    )
+                )
+                self.metrics.decisions.labels(
+                    campaign=decision.campaign,
+                    action=decision.action_id,
+                    explore=str(decision.explore).lower(),
+                    holdout=str(decision.holdout).lower(),
+                ).inc()
+                latency = (decision.decided_ts - decision.trigger_ts).total_seconds()
+                if latency >= 0:
+                    self.metrics.latency.observe(latency)
+        return state
+
+    def _close(
+        self,
+        pending: PendingSet,
+        item: OpenDecision,
+        now: datetime,
+        *,
+        expired: bool,
+        result: Result,
+    ) -> None:
+        decision = item.decision
+        runtime = self.runtimes.get(decision.campaign)
+        outcomes = list(zip(item.outcome_types, item.outcome_values, strict=True))
+        if runtime is None:
+            reward = 0.0
+        elif expired:
+            reward = runtime.campaign.reward.default
+        else:
+            reward = reward_of(runtime.campaign, outcomes)
+        record = RewardRecord(
+            decision=decision,
+            reward=reward,
+            outcome_ids=list(item.outcome_ids),
+            outcome_types=list(item.outcome_types),
+            expired=expired,
+            joined_ts=now,
+        )
+        pending.open.remove(item)
+        pending.closed = _ring(pending.closed, decision.decision_id, RECENT_CLOSED)
+        result.rewards.append(record)
+        result.outputs.append(
+            Output(self._topics.rewards, decision.customer_id.encode(), encode(record))
+        )
+        closed_by = "expired" if expired else ("window" if now >= _deadline(item) else "outcome")
+        self.metrics.rewards.labels(campaign=decision.campaign, closed_by=closed_by).inc()
+        self.learn(record)
+
+    def _finish(self, result: Result, state: CustomerState | None, pending: PendingSet) -> Result:
+        due_times: list[float] = [o.deadline for o in pending.open]
+        if state is not None:
+            result.state = encode_state(state)
+            due_times.extend(due_at for due_at, _ in state.timers.values())
+        result.pending = encode_pending(pending)
+        result.next_due = min(due_times) if due_times else None
+        return result
+
+    def _dead_letter(self, raw: bytes, source: tuple[str, int, int], error: RecordError) -> Result:
+        self.metrics.dead_letters.labels(reason=error.reason).inc()
+        topic, partition, offset = source
+        log.warning(
+            "dead-lettered record from %s[%d]@%d: %s", topic, partition, offset, error.reason
+        )
+        value = dead_letter_record(raw, topic, partition, offset, error, self.clock.now())
+        return Result(
+            None, outputs=[Output(self._topics.dlq, f"{topic}:{partition}".encode(), value)]
+        )
+
+
+def _load_state(data: bytes | None) -> CustomerState | None:
+    return decode_state(data) if data else None
+
+
+def _find_open(pending: PendingSet, outcome: Outcome) -> OpenDecision | None:
+    if outcome.decision_id is not None:
+        for item in pending.open:
+            if item.decision.decision_id == outcome.decision_id:
+                return item
+        return None
+    ts = outcome.ts.timestamp()
+    candidates = [
+        o
+        for o in pending.open
+        if (outcome.campaign is None or o.decision.campaign == outcome.campaign)
+        and o.decision.decided_ts.timestamp() <= ts <= o.deadline
+    ]
+    # Last touch: the most recent decision whose window is open gets the credit.
+    return max(candidates, key=lambda o: o.decision.decided_ts) if candidates else None
+
+
+def _deadline(item: OpenDecision) -> datetime:
+    return datetime.fromtimestamp(item.deadline, tz=UTC)
+
+
+def _ring(items: list[str], new: str, size: int) -> list[str]:
+    items = [*items, new]
+    return items[-size:]

@@ -1,0 +1,45 @@
+"""Start a worker process: logging, topics, campaigns, model snapshots, then the Faust worker."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from faust.worker import Worker
+
+from streams.app import KairosApp
+from streams.campaign_files import resolve_campaigns
+from streams.logs import configure_logging
+from streams.model_store import load_latest_snapshots
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+log = logging.getLogger("kairos.worker")
+
+
+def run_worker(settings: Settings) -> None:
+    """Run a worker in this process until SIGTERM or Ctrl-C; returns after a clean stop."""
+    started = time.monotonic()
+    configure_logging(settings.log_level)
+    campaigns = resolve_campaigns(settings.campaigns)
+    ensure_topics(settings)
+    kairos = KairosApp(settings, campaigns)
+    loaded = load_latest_snapshots(settings, kairos.processor)
+    log.info(
+        "worker configured",
+        extra={
+            "campaigns": [c.name for c in campaigns],
+            "snapshots_loaded": loaded,
+            "bootstrap": settings.kafka_bootstrap,
+            "data_dir": str(settings.data_dir),
+        },
+    )
+    kairos.started_at = started
+    worker = Worker(
+        kairos.app,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=False,
+    )
+    worker.execute_from_commandline()

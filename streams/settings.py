@@ -1,0 +1,169 @@
+"""The one settings object of a Kairos worker: environment variables (prefix KAIROS_) and a TOML file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "KAIROS_CONFIG"
+
+
+class TopicNames(BaseSettings):
+    """Versioned topic names; change the suffix to run a new contract beside the old one."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    events: str = "kairos.events.v1"
+    outcomes: str = "kairos.outcomes.v1"
+    decisions: str = "kairos.decisions.v1"
+    rewards: str = "kairos.rewards.v1"
+    models: str = "kairos.models.v1"
+    dlq: str = "kairos.dlq.v1"
+    ticks: str = "kairos.timer-ticks.v1"
+
+
+class KafkaSecurity(BaseSettings):
+    """Kafka SASL/SSL settings passed through to every client the worker creates."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = Field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+
+class Settings(BaseSettings):
+    """Everything a worker needs: broker, topics, store, campaigns, latency knobs, web and metrics.
+
+    Nested fields use a double underscore in the environment: ``KAIROS_TOPICS__EVENTS=...``.
+    A TOML file named by ``KAIROS_CONFIG`` supplies defaults that the environment overrides.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="KAIROS_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    app_id: str = "kairos"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    security: KafkaSecurity = Field(default_factory=KafkaSecurity)
+    topics: TopicNames = Field(default_factory=TopicNames)
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1)
+    data_dir: Path = Path(".run/worker")
+    campaigns: list[str] = Field(
+        default_factory=lambda: [
+            "builtin:cart_abandonment",
+            "builtin:cross_sell",
+            "builtin:win_back",
+        ],
+        description="Campaign files, directories of them, or builtin:<name> for a shipped example.",
+    )
+    seed: int = 0
+    # Triggers derived from time.
+    cart_abandon_after_s: float = Field(default=1800.0, gt=0)
+    lapse_after_days: float = Field(default=60.0, gt=0)
+    timer_tick_s: float = Field(default=0.25, gt=0, description="How often due timers are checked.")
+    # Learning across workers.
+    snapshot_interval_s: float = Field(default=30.0, gt=0)
+    snapshot_key: str | None = Field(
+        default=None, repr=False, description="HMAC key for signed model snapshots."
+    )
+    # Delivery.
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    # Latency and start-up knobs (measured; see BENCHMARKS.md).
+    session_timeout_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    rebalance_timeout_s: float = Field(default=20.0, gt=0)
+    producer_linger_ms: int = Field(default=0, ge=0)
+    producer_acks: Literal[-1, 0, 1] = -1
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    # Input hygiene.
+    max_event_age_days: float = Field(default=30.0, gt=0)
+    max_event_future_s: float = Field(default=300.0, ge=0)
+    # Web: health, metrics, dashboard, customer lookup.
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warn", "error"] = "info"
+    log_customer_ids: Literal["plain", "hashed", "omitted"] = "hashed"
+
+    @field_validator("campaigns", mode="before")
+    @classmethod
+    def _split_campaigns(cls, value: Any) -> Any:
+        """Accept a comma-separated string from the environment as well as a list."""
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order: explicit arguments, then environment, then the TOML file named by KAIROS_CONFIG."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def broker_url(self) -> str:
+        """The bootstrap servers as a Faust broker URL (aiokafka transport)."""
+        return ";".join(f"kafka://{host}" for host in self.kafka_bootstrap.split(","))
+
+    def confluent_config(self) -> dict[str, Any]:
+        """Client settings for confluent-kafka producers, consumers and admin clients."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.security.protocol,
+        }
+        if self.security.sasl_mechanism:
+            config["sasl.mechanism"] = self.security.sasl_mechanism
+            config["sasl.username"] = self.security.sasl_username or ""
+            config["sasl.password"] = self.security.sasl_password or ""
+        if self.security.ssl_cafile:
+            config["ssl.ca.location"] = str(self.security.ssl_cafile)
+        if self.security.ssl_certfile:
+            config["ssl.certificate.location"] = str(self.security.ssl_certfile)
+        if self.security.ssl_keyfile:
+            config["ssl.key.location"] = str(self.security.ssl_keyfile)
+        return config
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as KAIROS_* environment variables, to configure a worker subprocess."""
+    env: dict[str, str] = {}
+
+    def put(prefix: str, value: object) -> None:
+        if value is None:
+            return
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                put(f"{prefix}__{key.upper()}", inner)
+        elif isinstance(value, list):
+            env[prefix] = ",".join(str(v) for v in value)
+        else:
+            env[prefix] = str(value)
+
+    for name, value in settings.model_dump(mode="json").items():
+        put(f"KAIROS_{name.upper()}", value)
+    return env

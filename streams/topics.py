@@ -1,0 +1,119 @@
+"""Kafka topics of Kairos: their specs, idempotent creation, and client settings shared by our tools."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.settings import Settings
+
+# Producers everywhere in Kairos (and upstream systems) must hash keys the way Faust/aiokafka and
+# the Java client do (murmur2), or one customer's events and outcomes land on different partitions
+# and the reward join misses. librdkafka's default (consistent_random, CRC32) differs.
+PARTITIONER = "murmur2_random"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic Kairos owns: name, partition count and topic-level configuration."""
+
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The topics a worker needs; all keyed by customer id except the compacted models topic."""
+    p = settings.partitions
+    names = settings.topics
+    return [
+        TopicSpec(names.events, p),
+        TopicSpec(names.outcomes, p),
+        TopicSpec(names.decisions, p),
+        TopicSpec(names.rewards, p),
+        TopicSpec(names.dlq, p),
+        TopicSpec(names.ticks, p, {"retention.ms": str(24 * 3600 * 1000)}),
+        TopicSpec(
+            names.models,
+            1,
+            {
+                "cleanup.policy": "compact",
+                "min.cleanable.dirty.ratio": "0.1",
+                "segment.ms": "600000",
+            },
+        ),
+    ]
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
+    """Create missing topics with their partition counts; return each topic's actual partition count.
+
+    Existing topics are left alone; a partition count that differs from the configured one is
+    reported by raising, because a silent mismatch breaks the co-partitioned reward join.
+    """
+    admin = AdminClient(settings.confluent_config())
+    specs = topic_specs(settings)
+    new = [
+        NewTopic(
+            spec.name,
+            num_partitions=spec.partitions,
+            replication_factor=settings.replication_factor,
+            config=spec.config,
+        )
+        for spec in specs
+    ]
+    for topic, future in admin.create_topics(new, operation_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise RuntimeError(f"could not create topic {topic}: {error.str()}") from exc
+    metadata = admin.list_topics(timeout=timeout_s)
+    counts: dict[str, int] = {}
+    for spec in specs:
+        found = metadata.topics.get(spec.name)
+        if found is None or found.error is not None:
+            raise RuntimeError(f"topic {spec.name} is not available after creation")
+        counts[spec.name] = len(found.partitions)
+        keyed = spec.name != settings.topics.models
+        if keyed and counts[spec.name] != settings.partitions:
+            raise RuntimeError(
+                f"topic {spec.name} has {counts[spec.name]} partitions but KAIROS_PARTITIONS is "
+                f"{settings.partitions}; keyed topics must agree for the co-partitioned join"
+            )
+    return counts
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """Low-latency, idempotent confluent-kafka producer settings with the murmur2 partitioner."""
+    config = settings.confluent_config()
+    config.update(
+        {
+            "partitioner": PARTITIONER,
+            "linger.ms": settings.producer_linger_ms,
+            "enable.idempotence": True,
+            "acks": "all",
+        }
+    )
+    config.update(overrides)
+    return config
+
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """confluent-kafka consumer settings for tools that read Kairos topics (tail, export, tests)."""
+    config = settings.confluent_config()
+    config.update(
+        {
+            "group.id": group_id,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+            "session.timeout.ms": 10000,
+        }
+    )
+    config.update(overrides)
+    return config
