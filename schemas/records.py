@@ -1,0 +1,135 @@
+"""Wire records: the msgspec Structs that travel as JSON on the Kafka topics."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Final
+
+import msgspec
+
+#: Event types a producer may send; anything else is rejected as ``unknown_type``.
+EVENT_TYPES: Final[frozenset[str]] = frozenset(
+    {
+        "page_view",
+        "product_view",
+        "cart_add",
+        "cart_remove",
+        "checkout_started",
+        "purchase",
+        "cart_abandoned",
+        "session_start",
+        "profile_update",
+    }
+)
+
+#: Outcome types a sender or analytics system may report.
+OUTCOME_TYPES: Final[frozenset[str]] = frozenset(
+    {"delivered", "opened", "clicked", "converted", "unsubscribed", "bounced"}
+)
+
+#: Channels a customer can be seen on or reached through.
+CHANNELS: Final[frozenset[str]] = frozenset({"web", "app", "email", "sms", "push"})
+
+#: The only wire schema version this code reads and writes.
+SCHEMA_VERSION: Final[int] = 1
+
+# Constrained scalar types: they become JSON Schema constraints and are checked on decode.
+UtcDatetime = Annotated[datetime, msgspec.Meta(tz=True, description="ISO 8601 with Z or offset")]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Money = Annotated[float, msgspec.Meta(ge=0.0, le=1e12)]
+SignedMoney = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
+Quantity = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+PropertyValue = str | int | float | bool
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """A customer event from web, app or shop; keyed by customer_id on events.v1."""
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: Id
+    customer_id: Id
+    type: str
+    ts: UtcDatetime
+    product_id: Id | None = None
+    category: Name | None = None
+    price: Money | None = None
+    quantity: Quantity = 1
+    order_value: Money | None = None
+    channel: str | None = None
+    timezone: Name | None = None
+    loyalty_tier: Name | None = None
+    properties: dict[str, PropertyValue] = {}
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What happened after a message (delivery, open, click, conversion...); outcomes.v1."""
+
+    schema_version: int = SCHEMA_VERSION
+    outcome_id: Id
+    customer_id: Id
+    type: str
+    ts: UtcDatetime
+    decision_id: Id | None = None
+    campaign: Name | None = None
+    value: SignedMoney = 0.0
+
+
+class Trigger(msgspec.Struct, frozen=True, kw_only=True):
+    """A reason to decide: an explicit event or a timer derived from state (not on a topic)."""
+
+    trigger_id: Id
+    customer_id: Id
+    type: str
+    ts: UtcDatetime
+    source_event_id: Id
+    explicit: bool
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """A decision with everything needed to learn from it and evaluate it later; decisions.v1."""
+
+    schema_version: int = SCHEMA_VERSION
+    decision_id: Id
+    customer_id: Id
+    campaign: Name
+    action_id: Name
+    action: dict[str, str]
+    propensity: Probability
+    probabilities: dict[str, float]
+    scores: dict[str, float]
+    features: dict[str, float]
+    model_version: int
+    explore: bool
+    holdout: bool
+    reason: str
+    cost: float
+    trigger_id: Id
+    trigger_type: str
+    trigger_event_id: Id
+    trigger_ts: UtcDatetime
+    decided_ts: UtcDatetime
+    attribution_deadline: UtcDatetime
+
+
+class RewardRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A decision joined with its outcomes (or its expiry) and the reward; rewards.v1."""
+
+    schema_version: int = SCHEMA_VERSION
+    decision: Decision
+    reward: float
+    outcome_ids: list[str]
+    outcome_types: list[str]
+    expired: bool
+    joined_ts: UtcDatetime
+
+
+#: Every wire record type, by the file stem of its JSON Schema.
+RECORD_TYPES: Final[dict[str, type[msgspec.Struct]]] = {
+    "event": Event,
+    "outcome": Outcome,
+    "trigger": Trigger,
+    "decision": Decision,
+    "reward": RewardRecord,
+}
