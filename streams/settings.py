@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1)
     data_dir: Path = Path(".run/worker")
-    campaigns: list[str] = Field(
+    campaigns: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [
             "builtin:cart_abandonment",
             "builtin:cross_sell",
@@ -88,7 +89,7 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     rebalance_timeout_s: float = Field(default=20.0, gt=0)
     producer_linger_ms: int = Field(default=0, ge=0)
-    producer_acks: Literal[-1, 0, 1] = -1
+    producer_acks: int = Field(default=-1, ge=-1, le=1, description="-1 = all replicas")
     commit_interval_s: float = Field(default=1.0, gt=0)
     # Input hygiene.
     max_event_age_days: float = Field(default=30.0, gt=0)
@@ -103,8 +104,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_campaigns(cls, value: Any) -> Any:
         """Accept a comma-separated string from the environment as well as a list."""
-        if isinstance(value, str) and not value.lstrip().startswith("["):
-            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return [item.strip().strip("'\"") for item in text[1:-1].split(",") if item.strip()]
+            return [item.strip() for item in text.split(",") if item.strip()]
         return value
 
     @classmethod

@@ -1,0 +1,84 @@
+"""Settings: environment over TOML file over defaults, validation, and the subprocess round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from streams.settings import Settings, settings_env
+
+
+def test_environment_overrides_nested_fields_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAIROS_KAFKA_BOOTSTRAP", "broker-a:9092,broker-b:9092")
+    monkeypatch.setenv("KAIROS_TOPICS__EVENTS", "shop.events.v2")
+    monkeypatch.setenv("KAIROS_CAMPAIGNS", "builtin:cart_abandonment, ./mine.toml")
+    monkeypatch.setenv("KAIROS_PARTITIONS", "12")
+    s = Settings()
+    assert s.topics.events == "shop.events.v2"
+    assert s.topics.decisions == "kairos.decisions.v1"
+    assert s.campaigns == ["builtin:cart_abandonment", "./mine.toml"]
+    assert s.partitions == 12
+    assert s.broker_url == "kafka://broker-a:9092;kafka://broker-b:9092"
+
+
+def test_toml_file_supplies_values_the_environment_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "kairos.toml"
+    config.write_text('partitions = 6\nseed = 42\n[topics]\nrewards = "r.v9"\n')
+    monkeypatch.setenv("KAIROS_CONFIG", str(config))
+    monkeypatch.setenv("KAIROS_SEED", "7")
+    s = Settings()
+    assert s.partitions == 6
+    assert s.topics.rewards == "r.v9"
+    assert s.seed == 7
+
+
+def test_bad_values_are_refused_with_the_field_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAIROS_PARTITIONS", "0")
+    with pytest.raises(ValidationError, match="partitions"):
+        Settings()
+
+
+def test_unknown_settings_in_the_file_are_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "kairos.toml"
+    config.write_text("partitons = 6\n")
+    monkeypatch.setenv("KAIROS_CONFIG", str(config))
+    with pytest.raises(ValidationError, match="partitons"):
+        Settings()
+
+
+def test_settings_survive_the_trip_through_environment_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = Settings(
+        app_id="x",
+        partitions=3,
+        campaigns=["builtin:win_back"],
+        security={"protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_username": "u"},  # type: ignore[arg-type]
+    )
+    for key, value in settings_env(original).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == original
+
+
+def test_sasl_and_ssl_settings_reach_the_kafka_clients() -> None:
+    s = Settings(
+        security={  # type: ignore[arg-type]
+            "protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "kairos",
+            "sasl_password": "secret",
+            "ssl_cafile": "/etc/ca.pem",
+        }
+    )
+    config = s.confluent_config()
+    assert config["security.protocol"] == "SASL_SSL"
+    assert config["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert config["sasl.username"] == "kairos"
+    assert config["ssl.ca.location"] == "/etc/ca.pem"
+    assert "secret" not in repr(s)

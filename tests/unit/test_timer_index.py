@@ -1,0 +1,48 @@
+"""The due-time index: soonest first, rescheduling supersedes, stale entries never fire."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.timer_index import TimerIndex
+
+
+def test_due_customers_come_out_once_in_time_order() -> None:
+    index = TimerIndex()
+    index.schedule("a", 30.0)
+    index.schedule("b", 10.0)
+    index.schedule("c", 20.0)
+    assert index.pop_due(5.0) == []
+    assert index.pop_due(25.0) == ["b", "c"]
+    assert index.pop_due(25.0) == []
+    assert index.pop_due(100.0) == ["a"]
+
+
+def test_rescheduling_replaces_the_earlier_due_time() -> None:
+    index = TimerIndex()
+    index.schedule("a", 10.0)
+    index.schedule("a", 50.0)
+    assert index.pop_due(20.0) == []
+    assert index.pop_due(50.0) == ["a"]
+
+
+def test_scheduling_none_cancels() -> None:
+    index = TimerIndex()
+    index.schedule("a", 10.0)
+    index.schedule("a", None)
+    assert index.pop_due(100.0) == []
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcdef"), st.floats(0, 100)), max_size=60))
+def test_each_customer_fires_at_most_once_at_its_last_scheduled_time(
+    schedule: list[tuple[str, float]],
+) -> None:
+    index = TimerIndex()
+    last: dict[str, float] = {}
+    for customer, due in schedule:
+        index.schedule(customer, due)
+        last[customer] = due
+    fired = index.pop_due(100.0)
+    assert sorted(fired) == sorted(last)
+    assert fired == sorted(fired, key=lambda c: last[c]) or len(set(last.values())) < len(last)
