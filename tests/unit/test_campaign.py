@@ -1,0 +1,315 @@
+"""Campaign config: the shipped campaigns load, and bad configs fail naming the bad field."""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.campaign import (
+    NO_ACTION_ID,
+    CampaignError,
+    Rule,
+    builtin_campaign,
+    builtin_campaign_names,
+    load_campaign,
+    load_campaigns,
+    parse_campaign,
+    parse_rule,
+)
+
+BASE = """
+name = "test"
+salt = "s"
+triggers = ["cart_abandoned"]
+objective = "uplift"
+
+[actions.dimensions]
+channel = ["email", "sms"]
+offer = ["no_offer", "discount_10"]
+slot = ["now", "evening"]
+
+[[actions.rules]]
+match = { offer = "discount_10" }
+eligible = ["cart_value >= 20", "loyalty_gold == 1"]
+
+[costs]
+channel = { email = 0.01, sms = 0.05 }
+offer = { discount_10 = 0.1 }
+action = { "sms:discount_10:default:now" = 1.0 }
+
+[exploration]
+kind = "epsilon_greedy"
+epsilon = 0.1
+
+[guardrails]
+cooldown_s = 3600
+quiet_hours = { start = 21, end = 8 }
+holdout_share = 0.1
+caps = [
+  { scope = "overall", max = 3, window_s = 86400 },
+  { scope = "channel", max = 1, window_s = 86400 },
+]
+
+[reward]
+attribution_window_s = 7200
+[reward.outcomes]
+opened = 0.1
+clicked = 0.3
+converted = "value"
+unsubscribed = -1.0
+"""
+
+
+def base() -> dict[str, Any]:
+    """A fresh valid campaign mapping."""
+    return copy.deepcopy(tomllib.loads(BASE))
+
+
+def test_base_parses_into_the_cross_product_plus_no_action() -> None:
+    campaign = parse_campaign(base())
+    assert campaign.action_ids[0] == NO_ACTION_ID
+    assert len(campaign.actions) == 1 + 2 * 2 * 2
+    assert campaign.no_action.channel == "none"
+    assert campaign.no_action.dimensions() == {
+        "channel": "none",
+        "offer": "none",
+        "message": "none",
+        "slot": "none",
+    }
+    email = campaign.action("email:discount_10:default:evening")
+    assert email.dimensions()["message"] == "default"  # the default of an unlisted dimension
+    assert email.cost == pytest.approx(0.11)
+    assert campaign.action("sms:discount_10:default:now").cost == 1.0  # per-action override
+    assert campaign.no_action.cost == 0.0
+    assert [str(r) for r in email.rules] == ["cart_value >= 20", "loyalty_gold == 1"]
+    assert not campaign.action("email:no_offer:default:now").rules
+    assert campaign.slot_hours == {"evening": 19}
+    assert campaign.responds_to("cart_abandoned") and not campaign.responds_to("lapse")
+    assert campaign.guardrails.longest_window_s == 86400
+    assert campaign.exploration.params == {"epsilon": 0.1}
+
+
+def test_eligibility_rules_evaluate_without_eval() -> None:
+    campaign = parse_campaign(base())
+    action = campaign.action("email:discount_10:default:now")
+    assert action.eligible({"cart_value": 25.0, "loyalty_gold": 1.0})
+    assert not action.eligible({"cart_value": 19.99, "loyalty_gold": 1.0})
+    assert not action.eligible({"cart_value": 25.0})  # a missing feature counts as 0
+    assert campaign.no_action.eligible({})
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        ("x >= 1", Rule("x", ">=", 1.0)),
+        ("  a_b<2.5", Rule("a_b", "<", 2.5)),
+        ("y != -3e2", Rule("y", "!=", -300.0)),
+        ("z == .5", Rule("z", "==", 0.5)),
+    ],
+)
+def test_parse_rule(text: str, rule: Rule) -> None:
+    assert parse_rule(text) == rule
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["__import__('os')", "x >= y", "x = 1", "x >= 1 and y < 2", "1 < x", "x >=", "x >= nan"],
+)
+def test_parse_rule_rejects_anything_else(text: str) -> None:
+    with pytest.raises(CampaignError, match=r"^r\[0\]: "):
+        parse_rule(text, "r[0]")
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        data = data[key]
+    data[keys[-1]] = value
+
+
+def _delete(data: dict[str, Any], dotted: str) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        data = data[key]
+    del data[keys[-1]]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("name", "Has Spaces", "name: "),
+        ("salt", "", "salt: must be a non-empty string"),
+        ("triggers", [], "triggers: must be a non-empty list of strings"),
+        ("objective", "profit", "objective: 'profit' must be one of reward, uplift"),
+        ("actions.dimensions.channel", [], "actions.dimensions.channel: must be a non-empty list"),
+        ("actions.dimensions.channel", "email", "actions.dimensions.channel: must be a non-empty"),
+        ("actions.dimensions.channel", ["email", "email"], "actions.dimensions.channel: must not"),
+        ("actions.dimensions.channel", ["none"], "actions.dimensions.channel: 'none' is reserved"),
+        ("actions.dimensions.colour", ["red"], "actions.dimensions.colour: unknown key"),
+        ("actions.dimensions.slot", ["now", "midnight"], "actions.slot_hours.midnight: deferred"),
+        ("actions.slot_hours", {"evening": 22}, "actions.slot_hours.evening: send hour 22 falls"),
+        ("actions.slot_hours", {"evening": 25}, "actions.slot_hours.evening: must be an integer"),
+        ("actions.slot_hours", {"now": 9}, "actions.slot_hours.now: "),
+        ("actions.exclude", [{"channel": "fax"}], "actions.exclude[0].channel: 'fax' is not"),
+        (
+            "actions.include",
+            [{"channel": "email", "offr": "x"}],
+            "actions.include[0].offr: unknown key",
+        ),
+        ("actions.exclude", [{}], "actions.dimensions: include/exclude leave no action"),
+        (
+            "actions.rules",
+            [{"match": {"offer": "discount_10"}, "eligible": ["cart_value => 20"]}],
+            "actions.rules[0].eligible[0]: 'cart_value => 20' is not a rule",
+        ),
+        (
+            "actions.rules",
+            [{"match": {"offer": "discount_10"}, "eligble": ["x > 1"]}],
+            "actions.rules[0].eligible: is required",
+        ),
+        ("costs.channel", {"fax": 1.0}, "costs.channel.fax: 'fax' is not a value"),
+        ("costs.offer", {"discount_10": -1}, "costs.offer.discount_10: must be in [0, inf]"),
+        ("costs.action", {"nope": 1.0}, "costs.action.nope: is not an action id"),
+        ("exploration.kind", "ucb", "exploration.kind: 'ucb' must be one of"),
+        ("exploration.epsilon", 1.5, "exploration.epsilon: must be in [0, 1]"),
+        ("exploration.epsilom", 0.1, "exploration.epsilom: unknown key"),
+        ("exploration.n_bootstrap", 2.5, "exploration.n_bootstrap: must be an integer"),
+        ("guardrails.holdout_share", 0.7, "guardrails.holdout_share: must be in [0, 0.5]"),
+        ("guardrails.holdout_share", "10%", "guardrails.holdout_share: must be a number"),
+        ("guardrails.cooldown_s", -1, "guardrails.cooldown_s: must be in [0, "),
+        ("guardrails.quiet_hours", {"start": 21}, "guardrails.quiet_hours.end: is required"),
+        ("guardrails.quiet_hours", {"start": 8, "end": 8}, "guardrails.quiet_hours.end: must"),
+        ("guardrails.quiet_hours", {"start": 24, "end": 8}, "guardrails.quiet_hours.start: must"),
+        ("guardrails.default_timezone", "Mars/Olympus", "guardrails.default_timezone: 'Mars"),
+        (
+            "guardrails.caps",
+            [{"scope": "galaxy", "max": 1, "window_s": 60}],
+            "guardrails.caps[0].scope: 'galaxy' must be",
+        ),
+        (
+            "guardrails.caps",
+            [{"scope": "overall", "max": 1, "window_s": 0}],
+            "guardrails.caps[0].window_s: must be in (0, ",
+        ),
+        (
+            "guardrails.caps",
+            [{"scope": "overall", "max": 1, "window_s": 60, "channels": ["sms"]}],
+            "guardrails.caps[0].channels: only a 'channel' cap",
+        ),
+        ("guardrails.cap", [], "guardrails.cap: unknown key"),
+        ("reward.outcomes", {}, "reward.outcomes: must give a value"),
+        ("reward.outcomes.purchased", 1.0, "reward.outcomes.purchased: 'purchased' must be one"),
+        ("reward.outcomes.opened", "lots", "reward.outcomes.opened: must be a number"),
+        ("reward.outcomes.opened", {"bse": 1}, "reward.outcomes.opened.bse: unknown key"),
+        ("reward.combine", "avg", "reward.combine: 'avg' must be 'sum' or 'max'"),
+        ("reward.attribution_window_s", 0, "reward.attribution_window_s: must be in (0, "),
+        ("rewrd", {}, "rewrd: unknown key"),
+    ],
+)
+def test_invalid_config_names_the_field(field: str, value: Any, message: str) -> None:
+    data = base()
+    _set(data, field, value)
+    with pytest.raises(CampaignError) as excinfo:
+        parse_campaign(data)
+    assert str(excinfo.value).startswith(message), str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("name", "name: is required"),
+        ("actions", "actions: is required"),
+        ("actions.dimensions", "actions.dimensions: is required"),
+        ("actions.dimensions.channel", "actions.dimensions.channel: is required"),
+        ("reward.outcomes", "reward.outcomes: is required"),
+    ],
+)
+def test_missing_field_is_named(field: str, message: str) -> None:
+    data = base()
+    _delete(data, field)
+    with pytest.raises(CampaignError, match=f"^{message}"):
+        parse_campaign(data)
+
+
+def test_rule_matching_no_action_is_an_error() -> None:
+    data = base()
+    data["actions"]["exclude"] = [{"offer": "discount_10"}]
+    with pytest.raises(CampaignError, match=r"^actions\.rules\[0\]\.match: matches no action"):
+        parse_campaign(data)
+
+
+def test_include_restricts_and_exclude_removes() -> None:
+    data = base()
+    data["actions"]["include"] = [{"channel": "email"}, {"channel": "sms", "slot": "now"}]
+    data["actions"]["exclude"] = [{"channel": "email", "offer": "discount_10", "slot": "evening"}]
+    del data["costs"]["action"]
+    campaign = parse_campaign(data)
+    assert set(campaign.action_ids) == {
+        "no_action",
+        "email:no_offer:default:now",
+        "email:no_offer:default:evening",
+        "email:discount_10:default:now",
+        "sms:no_offer:default:now",
+        "sms:discount_10:default:now",
+    }
+
+
+def test_too_many_actions_is_an_error() -> None:
+    data = base()
+    data["actions"]["dimensions"]["offer"] = [f"o{i}" for i in range(30)]
+    del data["actions"]["rules"]
+    del data["costs"]
+    with pytest.raises(CampaignError, match=r"^actions\.dimensions: 121 actions"):
+        parse_campaign(data)
+
+
+def test_builtin_campaigns_load() -> None:
+    names = builtin_campaign_names()
+    assert names == ["cart_abandonment", "cross_sell", "win_back"]
+    expected_triggers = {
+        "cart_abandonment": ("cart_abandoned",),
+        "cross_sell": ("first_purchase", "purchase"),
+        "win_back": ("lapse",),
+    }
+    for name in names:
+        campaign = builtin_campaign(name)
+        assert campaign.name == name
+        assert campaign.triggers == expected_triggers[name]
+        assert 8 <= len(campaign.actions) <= 20
+        assert campaign.action_ids[0] == NO_ACTION_ID
+        assert len(set(campaign.action_ids)) == len(campaign.action_ids)
+        assert campaign.guardrails.holdout_share > 0
+        assert campaign.reward.outcomes["unsubscribed"].of(0.0) < 0
+    assert builtin_campaign("cart_abandonment").reward.attribution_window_s == 7200
+
+
+def test_unknown_builtin_campaign() -> None:
+    with pytest.raises(CampaignError, match="no built-in campaign 'nope'"):
+        builtin_campaign("nope")
+
+
+def test_load_campaign_and_directory(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text(BASE)
+    (tmp_path / "b.toml").write_text(BASE.replace('name = "test"', 'name = "other"'))
+    assert load_campaign(tmp_path / "a.toml").name == "test"
+    assert sorted(load_campaigns(tmp_path)) == ["other", "test"]
+    (tmp_path / "c.toml").write_text(BASE)
+    with pytest.raises(CampaignError, match=r"^c\.toml: name: 'test' is already defined"):
+        load_campaigns(tmp_path)
+
+
+def test_load_campaign_errors_name_file_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BASE.replace("holdout_share = 0.1", "holdout_share = 0.9"))
+    with pytest.raises(CampaignError, match=r"^bad\.toml: guardrails\.holdout_share: must be in"):
+        load_campaign(bad)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("name = ")
+    with pytest.raises(CampaignError, match="invalid TOML"):
+        load_campaign(broken)
+    with pytest.raises(CampaignError, match="cannot read"):
+        load_campaign(tmp_path / "missing.toml")
