@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import faust
-from engine.clock import Clock, SystemClock
 from faust.types import EventT
 
 from engine.campaign import Campaign
+from engine.clock import Clock, SystemClock
 from streams.metrics import WorkerMetrics
 from streams.processor import Processor, Result, decode_pending
 from streams.settings import Settings
@@ -194,6 +194,8 @@ class KairosApp:
     async def publish_snapshots(self) -> int:
         """Send each campaign's models to the compacted models topic if they learned since."""
         sent = 0
+        if self.settings.learning != "local":
+            return sent  # the learner publishes; a deciding-only worker must not overwrite it
         for name, runtime in self.processor.runtimes.items():
             version = runtime.bandit.version
             if version <= self._published_versions.get(name, 0):

@@ -53,6 +53,28 @@ def worker(
 
 
 @app.command()
+def learner(
+    campaign: Annotated[
+        list[str] | None,
+        typer.Option("--campaign", "-c", help="Campaign files (the workers' set). Repeatable."),
+    ] = None,
+    max_idle: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds without a reward.")
+    ] = None,
+) -> None:
+    """Learn from the rewards topic and publish model snapshots (for KAIROS_LEARNING=remote workers)."""
+    from streams.campaign_files import resolve_campaigns
+    from streams.learner import run_learner
+    from streams.logs import configure_logging
+
+    settings = _settings(campaigns=campaign or None)
+    configure_logging(settings.log_level)
+    versions = run_learner(settings, resolve_campaigns(settings.campaigns), max_idle)
+    for name, version in versions.items():
+        console.print(f"{name}: model version {version}")
+
+
+@app.command()
 def topics(
     create: Annotated[bool, typer.Option("--create/--list", help="Create missing topics.")] = True,
 ) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from engine.bandit import ContextualBandit, SnapshotError
 
+from engine.bandit import ContextualBandit, SnapshotError
 from streams.processor import Processor
 from streams.settings import Settings
 from streams.topics import consumer_config
@@ -19,18 +19,14 @@ def snapshot_key_bytes(settings: Settings) -> bytes | None:
     return settings.snapshot_key.encode() if settings.snapshot_key else None
 
 
-def load_latest_snapshots(settings: Settings, processor: Processor, timeout_s: float = 10.0) -> int:
-    """Read the models topic to its end and restore each campaign's newest valid snapshot.
-
-    A snapshot that fails its version or checksum check is skipped with a warning: the worker
-    then starts from the previous good one (or from scratch) rather than from corrupt models.
-    """
+def read_latest_snapshots(settings: Settings, timeout_s: float = 10.0) -> dict[str, bytes]:
+    """Read the compacted models topic to its end: the newest snapshot bytes per campaign."""
     consumer = Consumer(consumer_config(settings, f"{settings.app_id}-model-loader"))
+    latest: dict[str, bytes] = {}
     try:
         topic = settings.topics.models
         metadata = consumer.list_topics(topic, timeout=timeout_s)
         partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
-        latest: dict[str, bytes] = {}
         for partition in partitions:
             low, high = consumer.get_watermark_offsets(
                 TopicPartition(topic, partition), timeout=timeout_s
@@ -49,21 +45,30 @@ def load_latest_snapshots(settings: Settings, processor: Processor, timeout_s: f
                 key, value = message.key(), message.value()
                 if key is not None and value is not None:
                     latest[key.decode()] = value
-        loaded = 0
-        for campaign, data in latest.items():
-            runtime = processor.runtimes.get(campaign)
-            if runtime is None:
-                continue
-            try:
-                bandit = ContextualBandit.restore(data, key=snapshot_key_bytes(settings))
-            except SnapshotError as exc:
-                log.warning("skipping snapshot of %s: %s", campaign, exc)
-                continue
-            if bandit.version >= runtime.bandit.version:
-                runtime.bandit = bandit
-                loaded += 1
-                processor.metrics.snapshots.labels(direction="loaded").inc()
-                processor.metrics.model_version.labels(campaign=campaign).set(bandit.version)
-        return loaded
     finally:
         consumer.close()
+    return latest
+
+
+def load_latest_snapshots(settings: Settings, processor: Processor) -> int:
+    """Restore each campaign's newest valid snapshot into the processor; return how many.
+
+    A snapshot that fails its version or checksum check is skipped with a warning: the worker
+    then starts from scratch rather than from corrupt models.
+    """
+    loaded = 0
+    for campaign, data in read_latest_snapshots(settings).items():
+        runtime = processor.runtimes.get(campaign)
+        if runtime is None:
+            continue
+        try:
+            bandit = ContextualBandit.restore(data, key=snapshot_key_bytes(settings))
+        except SnapshotError as exc:
+            log.warning("skipping snapshot of %s: %s", campaign, exc)
+            continue
+        if bandit.version >= runtime.bandit.version:
+            runtime.bandit = bandit
+            loaded += 1
+            processor.metrics.snapshots.labels(direction="loaded").inc()
+            processor.metrics.model_version.labels(campaign=campaign).set(bandit.version)
+    return loaded

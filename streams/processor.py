@@ -14,8 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import msgspec
-from engine.clock import Clock
-from engine.decide import CampaignRuntime, decision_id
 from engine.state import (
     CustomerState,
     apply,
@@ -28,6 +26,8 @@ from engine.state import (
 from engine.triggers import TriggerConfig, detect, due
 
 from engine.campaign import Campaign
+from engine.clock import Clock
+from engine.decide import CampaignRuntime, decision_id
 from engine.rewards import reward_of
 from schemas.codec import (
     RecordError,
@@ -234,7 +234,7 @@ class Processor:
     def learn(self, record: RewardRecord) -> None:
         """Update the deciding campaign's models in process (one worker: no staleness)."""
         runtime = self.runtimes.get(record.decision.campaign)
-        if runtime is None or record.decision.holdout:
+        if runtime is None or record.decision.holdout or self.settings.learning != "local":
             return
         runtime.learn(record)
         self.metrics.model_updates.labels(campaign=runtime.campaign.name).inc()

@@ -35,6 +35,10 @@ def run_worker(settings: Settings) -> None:
         },
     )
     kairos.started_at = started
+    if settings.learning == "remote":
+        from streams.learner import ModelFollower
+
+        ModelFollower(settings, kairos.processor.runtimes).start()
     worker = Worker(
         kairos.app,
         loglevel=settings.log_level,

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     cart_abandon_after_s: float = Field(default=1800.0, gt=0)
     lapse_after_days: float = Field(default=60.0, gt=0)
     timer_tick_s: float = Field(default=0.25, gt=0, description="How often due timers are checked.")
+    # Learning across workers: "local" learns in process (one worker, or an experiment);
+    # "remote" decides only and follows the snapshots that `kairos learner` publishes.
+    learning: Literal["local", "remote"] = "local"
     # Learning across workers.
     snapshot_interval_s: float = Field(default=30.0, gt=0)
     snapshot_key: str | None = Field(

@@ -1,0 +1,155 @@
+"""Learning across workers: a learner consumes rewards and publishes snapshots; workers follow them.
+
+With one worker (``KAIROS_LEARNING=local``) the deciding models learn in process and this module
+only publishes snapshots. With several workers, each worker sees the rewards of its own partitions
+only; learning in each would split the models. So workers run ``KAIROS_LEARNING=remote``: they
+decide but do not learn, and a ``ModelFollower`` thread swaps in every newer snapshot from the
+compacted models topic. ``kairos learner`` is the single writer: it reads ``rewards.v1`` (all
+partitions), updates one ContextualBandit per campaign, and publishes versioned snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+
+from engine.bandit import ContextualBandit, SnapshotError
+from engine.campaign import Campaign
+from engine.decide import CampaignRuntime
+from schemas.codec import RecordError, decode_reward
+from streams.model_store import snapshot_key_bytes
+from streams.settings import Settings
+from streams.topics import consumer_config, producer_config
+
+log = logging.getLogger("kairos.learner")
+
+
+class ModelFollower:
+    """Background thread: apply each newer snapshot on the models topic to the worker's runtimes."""
+
+    def __init__(self, settings: Settings, runtimes: dict[str, CampaignRuntime]) -> None:
+        self.settings = settings
+        self.runtimes = runtimes
+        self.applied = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kairos-model-follower", daemon=True)
+
+    def start(self) -> ModelFollower:
+        """Start following from the end of the topic (the start-up load read what came before)."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it."""
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        consumer = Consumer(consumer_config(self.settings, f"{self.settings.app_id}-follower"))
+        try:
+            consumer.assign([TopicPartition(self.settings.topics.models, 0, OFFSET_END)])
+            key = snapshot_key_bytes(self.settings)
+            while not self._stop.is_set():
+                message = consumer.poll(0.5)
+                if message is None or message.error():
+                    continue
+                name = (message.key() or b"").decode()
+                runtime = self.runtimes.get(name)
+                if runtime is None or message.value() is None:
+                    continue
+                try:
+                    bandit = ContextualBandit.restore(message.value() or b"", key=key)
+                except SnapshotError as exc:
+                    log.warning("ignoring snapshot of %s: %s", name, exc)
+                    continue
+                if bandit.version > runtime.bandit.version:
+                    runtime.bandit = bandit  # one reference swap: decisions see old or new models
+                    self.applied += 1
+        finally:
+            consumer.close()
+
+
+def run_learner(
+    settings: Settings,
+    campaigns: Sequence[Campaign],
+    max_idle_s: float | None = None,
+) -> dict[str, int]:
+    """Consume rewards, learn, publish snapshots every `snapshot_interval_s`; returns versions.
+
+    Runs until interrupted, or until no reward arrived for `max_idle_s` seconds (tests, batch runs).
+    Offsets are committed only after the snapshot that contains their learning is published, so a
+    restarted learner replays at most one snapshot interval of rewards onto the last snapshot.
+    """
+    runtimes = {c.name: CampaignRuntime.from_campaign(c, settings.seed) for c in campaigns}
+    key = snapshot_key_bytes(settings)
+    consumer = Consumer(consumer_config(settings, f"{settings.app_id}-learner"))
+    producer = Producer(producer_config(settings))
+    _load_published(settings, runtimes)
+    consumer.subscribe([settings.topics.rewards])
+    last_publish = time.monotonic()
+    last_reward = time.monotonic()
+    published: dict[str, int] = {name: r.bandit.version for name, r in runtimes.items()}
+    try:
+        while max_idle_s is None or time.monotonic() - last_reward < max_idle_s:
+            message = consumer.poll(0.2)
+            if message is not None and not message.error():
+                try:
+                    record = decode_reward(message.value() or b"")
+                except RecordError as exc:
+                    log.warning("skipping unreadable reward: %s", exc.reason)
+                else:
+                    runtime = runtimes.get(record.decision.campaign)
+                    if runtime is not None and not record.decision.holdout:
+                        runtime.learn(record)
+                last_reward = time.monotonic()
+            elif message is not None and message.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", message.error())
+            if time.monotonic() - last_publish >= settings.snapshot_interval_s:
+                _publish(settings, producer, runtimes, published, key)
+                consumer.commit(asynchronous=False) if published else None
+                last_publish = time.monotonic()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _publish(settings, producer, runtimes, published, key)
+        try:
+            consumer.commit(asynchronous=False)
+        except Exception:  # nothing consumed yet: nothing to commit
+            log.debug("no offsets to commit")
+        consumer.close()
+    return {name: r.bandit.version for name, r in runtimes.items()}
+
+
+def _publish(
+    settings: Settings,
+    producer: Producer,
+    runtimes: dict[str, CampaignRuntime],
+    published: dict[str, int],
+    key: bytes | None,
+) -> None:
+    for name, runtime in runtimes.items():
+        if runtime.bandit.version > published.get(name, 0):
+            producer.produce(
+                settings.topics.models, key=name.encode(), value=runtime.bandit.snapshot(key=key)
+            )
+            published[name] = runtime.bandit.version
+    producer.flush(10)
+
+
+def _load_published(settings: Settings, runtimes: dict[str, CampaignRuntime]) -> None:
+    """Start from the newest published snapshots so a restarted learner continues, not restarts."""
+    from streams.model_store import read_latest_snapshots
+
+    key = snapshot_key_bytes(settings)
+    for name, data in read_latest_snapshots(settings).items():
+        runtime = runtimes.get(name)
+        if runtime is None:
+            continue
+        try:
+            runtime.bandit = ContextualBandit.restore(data, key=key)
+        except SnapshotError as exc:
+            log.warning("ignoring snapshot of %s: %s", name, exc)

@@ -1,0 +1,211 @@
+"""The worker's record processing without a broker: tables as dicts, a manual clock."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from engine.campaign import builtin_campaign
+from engine.clock import ManualClock
+from schemas.codec import decode_decision, decode_reward
+from streams.dead_letters import original_bytes
+from streams.processor import Processor, Result
+from streams.settings import Settings
+
+START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+class Rows:
+    """Tables as dictionaries, updated from each Result the way the Faust agent does."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, bytes] = {}
+        self.pendings: dict[str, bytes] = {}
+
+    def state(self, customer_id: str) -> bytes | None:
+        return self.states.get(customer_id)
+
+    def pending(self, customer_id: str) -> bytes | None:
+        return self.pendings.get(customer_id)
+
+    def save(self, result: Result) -> Result:
+        if result.customer_id is not None:
+            if result.state is not None:
+                self.states[result.customer_id] = result.state
+            if result.pending is not None:
+                self.pendings[result.customer_id] = result.pending
+        return result
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def processor(clock: ManualClock) -> Processor:
+    settings = Settings(cart_abandon_after_s=1800.0)
+    campaigns = [builtin_campaign("cart_abandonment"), builtin_campaign("cross_sell")]
+    return Processor(settings, campaigns, clock)
+
+
+def raw_event(clock: ManualClock, cid: str, kind: str, **fields: Any) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": fields.pop("event_id", uuid.uuid4().hex),
+            "customer_id": cid,
+            "type": kind,
+            "ts": clock.now().isoformat(),
+            **fields,
+        }
+    )
+
+
+SOURCE = ("kairos.events.v1", 0, 0)
+
+
+def decisions_of(result: Result, settings: Settings) -> list[Any]:
+    return [decode_decision(o.value) for o in result.outputs if o.topic == settings.topics.decisions]
+
+
+def test_an_explicit_abandonment_yields_one_decision_and_a_replay_none(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = Rows()
+    rows.save(processor.on_event(raw_event(clock, "c1", "cart_add", price=80.0), rows, SOURCE))
+    trigger = raw_event(clock, "c1", "cart_abandoned", event_id="abandon-1")
+    first = rows.save(processor.on_event(trigger, rows, SOURCE))
+    decisions = decisions_of(first, processor.settings)
+    assert len(decisions) == 1
+    assert decisions[0].campaign == "cart_abandonment"
+    assert decisions[0].trigger_event_id == "abandon-1"
+    # The same record again (an at-least-once redelivery) decides nothing new.
+    again = rows.save(processor.on_event(trigger, rows, SOURCE))
+    assert decisions_of(again, processor.settings) == []
+
+
+def test_a_replay_after_losing_the_state_write_does_not_decide_twice(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = Rows()
+    trigger = raw_event(clock, "c2", "cart_abandoned", event_id="abandon-2")
+    first = processor.on_event(trigger, rows, SOURCE)
+    # Crash: only the pending-decisions row reached the changelog, not the state row.
+    assert first.pending is not None
+    rows.pendings["c2"] = first.pending
+    replay = processor.on_event(trigger, rows, SOURCE)
+    assert len(decisions_of(first, processor.settings)) == 1
+    assert decisions_of(replay, processor.settings) == []
+
+
+def test_a_conversion_with_the_decision_id_is_rewarded_once_and_the_model_learns(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = Rows()
+    result = rows.save(
+        processor.on_event(raw_event(clock, "c3", "cart_abandoned"), rows, SOURCE)
+    )
+    decision = decisions_of(result, processor.settings)[0]
+    version_before = processor.runtimes["cart_abandonment"].bandit.version
+    outcome = orjson.dumps(
+        {
+            "outcome_id": "o-1",
+            "customer_id": "c3",
+            "decision_id": decision.decision_id,
+            "type": "converted",
+            "ts": (clock.now() + timedelta(minutes=5)).isoformat(),
+            "value": 1.0,
+        }
+    )
+    clock.advance(300)
+    joined = rows.save(processor.on_outcome(outcome, rows, ("kairos.outcomes.v1", 0, 0)))
+    rewards = [decode_reward(o.value) for o in joined.outputs]
+    assert len(rewards) == 1
+    assert rewards[0].decision.decision_id == decision.decision_id
+    assert rewards[0].reward == pytest.approx(1.0)
+    assert not rewards[0].expired
+    expected_version = version_before + (0 if decision.holdout else 1)
+    assert processor.runtimes["cart_abandonment"].bandit.version == expected_version
+    # The same outcome again is a duplicate; a later one for the closed decision is late.
+    assert rows.save(processor.on_outcome(outcome, rows, ("o", 0, 1))).outputs == []
+    late = orjson.dumps(
+        {
+            "outcome_id": "o-2",
+            "customer_id": "c3",
+            "decision_id": decision.decision_id,
+            "type": "clicked",
+            "ts": clock.now().isoformat(),
+        }
+    )
+    assert rows.save(processor.on_outcome(late, rows, ("o", 0, 2))).outputs == []
+
+
+def test_cart_silence_becomes_an_abandonment_after_the_timeout(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = Rows()
+    added = rows.save(
+        processor.on_event(raw_event(clock, "c4", "cart_add", price=60.0), rows, SOURCE)
+    )
+    assert decisions_of(added, processor.settings) == []
+    assert added.next_due == pytest.approx(START.timestamp() + 1800.0)
+    clock.advance(1799)
+    assert decisions_of(rows.save(processor.on_tick("c4", rows)), processor.settings) == []
+    clock.advance(2)
+    fired = rows.save(processor.on_tick("c4", rows))
+    decisions = decisions_of(fired, processor.settings)
+    assert [d.trigger_type for d in decisions] == ["cart_abandoned"]
+    # The timer fired once: a later tick decides nothing more.
+    clock.advance(60)
+    assert decisions_of(rows.save(processor.on_tick("c4", rows)), processor.settings) == []
+
+
+def test_an_unanswered_decision_gets_the_default_reward_when_its_window_closes(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = Rows()
+    result = rows.save(
+        processor.on_event(raw_event(clock, "c5", "cart_abandoned"), rows, SOURCE)
+    )
+    decision = decisions_of(result, processor.settings)[0]
+    window = (decision.attribution_deadline - decision.decided_ts).total_seconds()
+    clock.advance(window + 1)
+    closed = rows.save(processor.on_tick("c5", rows))
+    rewards = [decode_reward(o.value) for o in closed.outputs]
+    assert len(rewards) == 1
+    assert rewards[0].expired
+    assert rewards[0].reward == builtin_campaign("cart_abandonment").reward.default
+
+
+def test_bad_records_are_dead_lettered_with_reason_and_original_bytes(
+    processor: Processor,
+) -> None:
+    rows = Rows()
+    bad = b'{"type": "purchase", "customer_id": 5'
+    result = processor.on_event(bad, rows, ("kairos.events.v1", 1, 42))
+    assert [o.topic for o in result.outputs] == [processor.settings.topics.dlq]
+    letter = orjson.loads(result.outputs[0].value)
+    assert letter["reason"] == "malformed_json"
+    assert (letter["topic"], letter["partition"], letter["offset"]) == ("kairos.events.v1", 1, 42)
+    assert original_bytes(result.outputs[0].value) == bad
+
+
+def test_an_outcome_for_an_unknown_decision_is_dead_lettered(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = Rows()
+    outcome = orjson.dumps(
+        {
+            "outcome_id": "o-9",
+            "customer_id": "c9",
+            "decision_id": "no-such-decision",
+            "type": "clicked",
+            "ts": clock.now().isoformat(),
+        }
+    )
+    result = processor.on_outcome(outcome, rows, ("kairos.outcomes.v1", 0, 7))
+    assert orjson.loads(result.outputs[0].value)["reason"] == "unknown_decision"
