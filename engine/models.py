@@ -1,0 +1,255 @@
+"""Per-action reward models: the fast default (online ridge regression) and a River adapter.
+
+A reward model predicts the expected reward of one action in a context (a `dict[str, float]`)
+and learns from the rewards that action received. The bandit keeps one model per action, each a
+clone of a prototype. The default, `RidgeModel`, is recursive least squares (ridge regression
+updated exactly with the Sherman-Morrison formula, optionally with exponential forgetting for
+drifting rewards): it needs no learning rate or feature scaling to tune, and its whole state is a
+few numpy arrays that serialise without pickle. Any River regressor or classifier can be
+plugged in through `RiverModel` (a classifier's `predict_proba_one(x)[True]` is the expected
+reward); such models can only be snapshotted with pickle, hence only in signed snapshots.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "MODEL_NAMES",
+    "FeatureIndex",
+    "RewardModel",
+    "RidgeModel",
+    "RiverModel",
+    "make_prototype",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """What the bandit needs from a per-action model."""
+
+    def predict(self, features: Mapping[str, float]) -> float:
+        """Return the expected reward in this context."""
+        ...
+
+    def learn(self, features: Mapping[str, float], reward: float, weight: float = 1.0) -> None:
+        """Update the model with one observed reward (weight: importance or bootstrap weight)."""
+        ...
+
+    def clone(self) -> RewardModel:
+        """Return a fresh, untrained model with the same hyper-parameters."""
+        ...
+
+
+class FeatureIndex:
+    """Maps feature names to vector positions, shared by all clones so a context is encoded once.
+
+    Position 0 is the intercept. Names are only ever appended (on learn), so positions are stable
+    and a model trained on fewer features is grown with its prior for the new ones.
+    """
+
+    __slots__ = ("_cache_key", "_cache_vec", "names", "positions")
+
+    def __init__(self, names: list[str] | None = None) -> None:
+        """Create an index, optionally with names in their saved order."""
+        self.names: list[str] = []
+        self.positions: dict[str, int] = {}
+        self._cache_key: tuple[int, int] | None = None
+        self._cache_vec: FloatArray | None = None
+        for name in names or []:
+            self.add(name)
+
+    def __len__(self) -> int:
+        """Return the vector length: the intercept plus one per known feature."""
+        return len(self.names) + 1
+
+    def add(self, name: str) -> int:
+        """Return the position of a feature, appending it if new."""
+        pos = self.positions.get(name)
+        if pos is None:
+            self.names.append(name)
+            pos = len(self.names)
+            self.positions[name] = pos
+            self._cache_key = None
+        return pos
+
+    def encode(self, features: Mapping[str, float], grow: bool = False) -> FloatArray:
+        """Return the context as a vector; unknown names are appended if grow, else ignored."""
+        vec = np.zeros(len(self) + (len(features) if grow else 0), dtype=np.float64)
+        vec[0] = 1.0
+        positions = self.positions
+        for name, value in features.items():
+            pos = positions.get(name)
+            if pos is None:
+                if not grow:
+                    continue
+                pos = self.add(name)
+            vec[pos] = value
+        return vec[: len(self)]
+
+
+class RidgeModel:
+    """Online ridge regression (recursive least squares) on a shared feature index.
+
+    `l2` is the prior precision of every weight (the intercept included); `forgetting` < 1
+    discounts old observations geometrically so the model tracks drifting rewards.
+    """
+
+    __slots__ = ("a_inv", "b", "forgetting", "index", "l2", "n", "w")
+
+    def __init__(
+        self, l2: float = 1.0, forgetting: float = 1.0, index: FeatureIndex | None = None
+    ) -> None:
+        """Create an untrained model (l2 > 0, 0 < forgetting <= 1)."""
+        if not l2 > 0.0:
+            raise ValueError(f"l2 must be > 0, got {l2}")
+        if not 0.0 < forgetting <= 1.0:
+            raise ValueError(f"forgetting must be in (0, 1], got {forgetting}")
+        self.l2 = float(l2)
+        self.forgetting = float(forgetting)
+        self.index = index if index is not None else FeatureIndex()
+        dim = len(self.index)
+        self.a_inv: FloatArray = np.eye(dim, dtype=np.float64) / self.l2
+        self.b: FloatArray = np.zeros(dim, dtype=np.float64)
+        self.w: FloatArray = np.zeros(dim, dtype=np.float64)
+        self.n = 0.0
+
+    def clone(self) -> RidgeModel:
+        """Return an untrained model with the same hyper-parameters and the same feature index."""
+        return RidgeModel(self.l2, self.forgetting, self.index)
+
+    def _grow(self, dim: int) -> None:
+        """Extend the state with the prior for features the index learned since."""
+        old = self.w.shape[0]
+        a_inv = np.eye(dim, dtype=np.float64) / self.l2
+        a_inv[:old, :old] = self.a_inv
+        self.a_inv = a_inv
+        self.b = np.concatenate([self.b, np.zeros(dim - old)])
+        self.w = np.concatenate([self.w, np.zeros(dim - old)])
+
+    def predict_vector(self, vec: FloatArray) -> float:
+        """Return the prediction for an already encoded context (the bandit's fast path)."""
+        n = self.w.shape[0]
+        return float(self.w @ vec[:n]) if vec.shape[0] > n else float(self.w @ vec)
+
+    def predict(self, features: Mapping[str, float]) -> float:
+        """Return the expected reward in this context."""
+        return self.predict_vector(self.index.encode(features))
+
+    def learn_vector(self, vec: FloatArray, reward: float, weight: float = 1.0) -> None:
+        """Update with an encoded context (Sherman-Morrison rank-one update of the inverse)."""
+        if weight <= 0.0:
+            return
+        dim = vec.shape[0]
+        if dim > self.w.shape[0]:
+            self._grow(dim)
+        elif dim < self.w.shape[0]:
+            vec = np.concatenate([vec, np.zeros(self.w.shape[0] - dim)])
+        if self.forgetting < 1.0:
+            self.a_inv /= self.forgetting
+            self.b *= self.forgetting
+        ax = self.a_inv @ vec
+        denom = 1.0 + weight * float(vec @ ax)
+        self.a_inv -= np.outer(ax * (weight / denom), ax)
+        self.b += (weight * reward) * vec
+        self.w = self.a_inv @ self.b
+        self.n += weight
+
+    def learn(self, features: Mapping[str, float], reward: float, weight: float = 1.0) -> None:
+        """Update the model with one observed reward."""
+        self.learn_vector(self.index.encode(features, grow=True), reward, weight)
+
+    def state(self) -> dict[str, Any]:
+        """Return the exact state as plain values and raw float64 bytes (no pickle)."""
+        return {
+            "dim": int(self.w.shape[0]),
+            "n": self.n,
+            "a_inv": self.a_inv.astype("<f8").tobytes(),
+            "b": self.b.astype("<f8").tobytes(),
+            "w": self.w.astype("<f8").tobytes(),
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Load a state produced by `state()` (validated: shapes must match)."""
+        dim = int(state["dim"])
+        if dim < 1 or dim > len(self.index):
+            raise ValueError(f"model dimension {dim} does not fit the feature index")
+        a_inv = np.frombuffer(state["a_inv"], dtype="<f8")
+        b = np.frombuffer(state["b"], dtype="<f8")
+        w = np.frombuffer(state["w"], dtype="<f8")
+        if a_inv.shape[0] != dim * dim or b.shape[0] != dim or w.shape[0] != dim:
+            raise ValueError("model arrays do not match the stated dimension")
+        self.a_inv = a_inv.astype(np.float64).reshape(dim, dim)
+        self.b = b.astype(np.float64)
+        self.w = w.astype(np.float64)
+        self.n = float(state["n"])
+
+
+class RiverModel:
+    """Adapter for any River regressor or classifier (binary: P(True) is the expected reward)."""
+
+    __slots__ = ("estimator", "is_classifier")
+
+    def __init__(self, estimator: Any) -> None:
+        """Wrap a River estimator (a classifier if it has predict_proba_one)."""
+        if not hasattr(estimator, "learn_one") or not hasattr(estimator, "clone"):
+            raise TypeError(f"{type(estimator).__name__} is not a River estimator")
+        self.estimator = estimator
+        self.is_classifier = hasattr(estimator, "predict_proba_one")
+
+    def clone(self) -> RiverModel:
+        """Return an untrained copy (River's clone keeps the hyper-parameters)."""
+        return RiverModel(self.estimator.clone())
+
+    def predict(self, features: Mapping[str, float]) -> float:
+        """Return the expected reward: P(True) for a classifier, the prediction for a regressor."""
+        x = dict(features)
+        if self.is_classifier:
+            return float(self.estimator.predict_proba_one(x).get(True, 0.0))
+        y = self.estimator.predict_one(x)
+        return float(y) if y is not None and math.isfinite(float(y)) else 0.0
+
+    def learn(self, features: Mapping[str, float], reward: float, weight: float = 1.0) -> None:
+        """Update with one reward; weights are applied by repetition (River has no sample weight)."""
+        x = dict(features)
+        target: bool | float = reward > 0.5 if self.is_classifier else float(reward)
+        repeats = round(weight)
+        for _ in range(repeats):
+            self.estimator.learn_one(x, target)
+
+
+MODEL_NAMES: tuple[str, ...] = ("default", "ridge", "river_linear", "river_logistic")
+"""Model names a campaign may give; any River estimator object is also accepted."""
+
+
+def make_prototype(model: str | RewardModel | Any) -> RewardModel:
+    """Return the prototype for a model name, a RewardModel, or a River estimator."""
+    if isinstance(model, str):
+        if model in ("default", "ridge"):
+            return RidgeModel()
+        if model in ("river_linear", "river_logistic"):
+            from river import linear_model, optim, preprocessing
+
+            if model == "river_linear":
+                return RiverModel(
+                    preprocessing.StandardScaler()
+                    | linear_model.LinearRegression(optimizer=optim.SGD(0.01))
+                )
+            return RiverModel(
+                preprocessing.StandardScaler()
+                | linear_model.LogisticRegression(optimizer=optim.SGD(0.05))
+            )
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODEL_NAMES)}")
+    if isinstance(model, RidgeModel | RiverModel):
+        return model.clone()
+    if isinstance(model, RewardModel) and not hasattr(model, "learn_one"):
+        return copy.deepcopy(model)
+    return RiverModel(model)
