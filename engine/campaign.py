@@ -20,6 +20,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.models import MODEL_NAMES
+from engine.policies import POLICY_KINDS
+from engine.state import MAX_SENT, SENT_RETENTION_S
 from schemas import records
 
 __all__ = [
@@ -58,7 +61,7 @@ DEFAULT_SLOT_HOURS: Mapping[str, int] = {"morning": 9, "next_morning": 9, "eveni
 """Local send hour of the deferred slots a campaign does not give an hour for."""
 
 OBJECTIVES: tuple[str, ...] = ("reward", "uplift")
-EXPLORATION_KINDS: tuple[str, ...] = ("epsilon_greedy", "softmax", "thompson", "squarecb")
+EXPLORATION_KINDS: tuple[str, ...] = POLICY_KINDS
 OUTCOME_TYPES: tuple[str, ...] = tuple(sorted(records.OUTCOME_TYPES))
 MAX_ACTIONS = 100
 """Upper bound on a campaign's arms, so that a careless cross product fails loudly."""
@@ -409,6 +412,8 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
     if objective not in OBJECTIVES:
         raise CampaignError("objective", f"{objective!r} must be one of {', '.join(OBJECTIVES)}")
     model = top.string("model", default="default")
+    if model not in MODEL_NAMES:
+        raise CampaignError("model", f"{model!r} must be one of {', '.join(MODEL_NAMES)}")
     guardrails = _parse_guardrails(top.table("guardrails"))
     actions, slot_hours = _parse_actions(top.table("actions", required=True), guardrails)
     actions = _apply_costs(top.table("costs"), actions)
@@ -589,6 +594,7 @@ _EXPLORATION_PARAMS: Mapping[str, tuple[bool, float, float, bool]] = {
     "temperature": (False, 0.0, 1e6, True),
     "n_bootstrap": (True, 1, 1000, False),
     "gamma": (False, 0.0, 1e9, True),
+    "gamma_exponent": (False, 0.0, 1.0, False),
     "min_propensity": (False, 0.0, 0.5, False),
 }
 
@@ -619,8 +625,10 @@ def _parse_guardrails(table: _Table) -> Guardrails:
         scope = cap_table.string("scope")
         if scope not in ("overall", "channel"):
             raise CampaignError(cap_table.at("scope"), f"{scope!r} must be 'overall' or 'channel'")
-        max_count = cap_table.integer("max", low=0, high=1000)
-        window_s = cap_table.number("window_s", low=0.0, high=366 * 86_400.0, low_open=True)
+        # The state keeps at most MAX_SENT messages of the last SENT_RETENTION_S: a cap beyond
+        # either could not be enforced.
+        max_count = cap_table.integer("max", low=0, high=MAX_SENT)
+        window_s = cap_table.number("window_s", low=0.0, high=SENT_RETENTION_S, low_open=True)
         channels: tuple[str, ...] | None = None
         if cap_table.has("channels"):
             if scope == "overall":

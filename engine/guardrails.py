@@ -8,7 +8,9 @@ are ignored.
   removed when one more message on its channel would exceed an overall or per-channel cap, i.e.
   when the cap's window (ending now) already holds `max` messages that the cap counts.
 - Cooldown counts this campaign's own sends of the same action: an action sent less than
-  `cooldown_s` ago is removed.
+  `cooldown_s` ago is removed. Sends older than the history (the state keeps a week) are given
+  as `last_sent` (action id -> epoch seconds, without the campaign): those count for any
+  campaign with that action id, erring on the side of not messaging.
 - Quiet hours are judged in the customer's local time (their IANA time zone, else the
   campaign's `default_timezone`) at the moment the message would go out: immediately for slot
   "now", at the slot's local send hour for a deferred slot ("evening", "next_morning"). So during
@@ -136,12 +138,19 @@ def _cap_full(cap: Cap, channel: str, messages: Sequence[SentEntry], now_ts: flo
 
 
 def _cooling_down(
-    campaign: Campaign, action: Action, messages: Sequence[SentEntry], now_ts: float
+    campaign: Campaign,
+    action: Action,
+    messages: Sequence[SentEntry],
+    now_ts: float,
+    last_sent: Mapping[str, float],
 ) -> bool:
     """Tell whether this campaign sent this action less than cooldown_s ago."""
     cooldown = campaign.guardrails.cooldown_s
     if cooldown <= 0:
         return False
+    older = last_sent.get(action.id)
+    if older is not None and older > now_ts - cooldown:
+        return True
     return any(
         ts > now_ts - cooldown and action_id == action.id and name == campaign.name
         for ts, _channel, action_id, name in messages
@@ -154,12 +163,13 @@ def blocked_by(
     sent: Sequence[SentEntry],
     now: datetime,
     timezone: str | None,
+    last_sent: Mapping[str, float] | None = None,
 ) -> str | None:
     """Name the first guardrail that forbids sending this action now, or None if none does."""
     if not action.is_message:
         return None
     messages = [entry for entry in sent if is_message(entry)]
-    return _blocked(campaign, action, messages, now, timezone)
+    return _blocked(campaign, action, messages, now, timezone, last_sent or {})
 
 
 def _blocked(
@@ -168,6 +178,7 @@ def _blocked(
     messages: Sequence[SentEntry],
     now: datetime,
     timezone: str | None,
+    last_sent: Mapping[str, float],
 ) -> str | None:
     """Check one messaging action against the guardrails, in GUARDRAIL_ORDER."""
     rails = campaign.guardrails
@@ -182,7 +193,7 @@ def _blocked(
     for cap in rails.caps:
         if cap.scope == "channel" and _cap_full(cap, action.channel, messages, now_ts):
             return cap.name
-    if _cooling_down(campaign, action, messages, now_ts):
+    if _cooling_down(campaign, action, messages, now_ts, last_sent):
         return "cooldown"
     return None
 
@@ -193,14 +204,20 @@ def apply_guardrails(
     sent: Sequence[SentEntry],
     now: datetime,
     timezone: str | None,
+    last_sent: Mapping[str, float] | None = None,
 ) -> GuardrailResult:
     """Filter eligible action ids by caps, cooldown and quiet hours; no-action always stays."""
     messages = [entry for entry in sent if is_message(entry)]
+    older = last_sent or {}
     allowed: list[str] = []
     removed: dict[str, str] = {}
     for action_id in action_ids:
         action = campaign.action(action_id)
-        reason = _blocked(campaign, action, messages, now, timezone) if action.is_message else None
+        reason = (
+            _blocked(campaign, action, messages, now, timezone, older)
+            if action.is_message
+            else None
+        )
         if reason is None:
             allowed.append(action_id)
         else:

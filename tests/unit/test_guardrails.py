@@ -121,6 +121,17 @@ def test_cooldown_counts_this_campaigns_action_only() -> None:
     assert apply_guardrails(campaign, campaign.action_ids, other, NOW, None).removed == {}
 
 
+def test_cooldown_remembers_sends_older_than_the_history() -> None:
+    campaign = make_campaign(caps=[], cooldown_s=14 * 86400)
+    action = "email:no_offer:default:now"
+    older = {action: NOW.timestamp() - 10 * 86400}
+    result = apply_guardrails(campaign, campaign.action_ids, [], NOW, None, last_sent=older)
+    assert result.removed == {action: "cooldown"}
+    assert blocked_by(campaign, campaign.action(action), [], NOW, None, older) == "cooldown"
+    later = NOW + timedelta(days=5)
+    assert apply_guardrails(campaign, campaign.action_ids, [], later, None, older).removed == {}
+
+
 def test_quiet_hours_leave_deferred_slots() -> None:
     night = datetime(2024, 6, 3, 21, 30, tzinfo=UTC)  # 23:30 in Paris
     result = apply_guardrails(CAMPAIGN, CAMPAIGN.action_ids, [], night, "Europe/Paris")
