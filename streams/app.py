@@ -105,15 +105,15 @@ class KairosApp:
             async for event in stream.events():
                 await self._handle(event, rows)
 
-        @app.timer(interval=s.timer_tick_s, name="kairos.timers")
+        @app.timer(interval=s.timer_tick_s, name="kairos.timers")  # type: ignore[untyped-decorator]
         async def fire_timers() -> None:
             await self._fire_due()
 
-        @app.timer(interval=s.snapshot_interval_s, name="kairos.snapshots")
+        @app.timer(interval=s.snapshot_interval_s, name="kairos.snapshots")  # type: ignore[untyped-decorator]
         async def publish_snapshots() -> None:
             await self.publish_snapshots()
 
-        @app.on_rebalance_complete.connect
+        @app.on_rebalance_complete.connect  # type: ignore[arg-type]
         async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
             self._rebuild_timers = True
             if not self.ready:
@@ -124,7 +124,7 @@ class KairosApp:
             self.ready = True
             self.metrics.set_state("running")
 
-        @app.on_partitions_revoked.connect
+        @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
             self.metrics.set_state("recovering")
 
@@ -163,7 +163,7 @@ class KairosApp:
 
         return app
 
-    async def _handle(self, event: EventT, rows: _TableRows) -> None:
+    async def _handle(self, event: EventT[Any], rows: _TableRows) -> None:
         message = event.message
         topic = message.topic
         source = (topic, message.partition, message.offset)

@@ -17,7 +17,7 @@ def resolve_campaigns(references: Iterable[str]) -> list[Campaign]:
             continue
         path = Path(ref)
         if path.is_dir():
-            campaigns.extend(load_campaigns(path))
+            campaigns.extend(load_campaigns(path).values())
         elif path.is_file():
             campaigns.append(load_campaign(path))
         else:

@@ -106,8 +106,10 @@ def run_learner(
                     if runtime is not None and not record.decision.holdout:
                         runtime.learn(record)
                 last_reward = time.monotonic()
-            elif message is not None and message.error().code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", message.error())
+            elif message is not None:
+                error = message.error()
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", error)
             if time.monotonic() - last_publish >= settings.snapshot_interval_s:
                 _publish(settings, producer, runtimes, published, key)
                 consumer.commit(asynchronous=False) if published else None

@@ -41,7 +41,7 @@ def read_latest_snapshots(settings: Settings, timeout_s: float = 10.0) -> dict[s
                     break
                 if message.error():
                     continue
-                position = message.offset() + 1
+                position = (message.offset() or 0) + 1
                 key, value = message.key(), message.value()
                 if key is not None and value is not None:
                     latest[key.decode()] = value

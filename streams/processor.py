@@ -11,9 +11,14 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import msgspec
+
+from engine.campaign import Campaign
+from engine.clock import Clock
+from engine.decide import CampaignRuntime, decision_id
+from engine.rewards import reward_of
 from engine.state import (
     CustomerState,
     apply,
@@ -24,11 +29,6 @@ from engine.state import (
     record_decision,
 )
 from engine.triggers import TriggerConfig, detect, due
-
-from engine.campaign import Campaign
-from engine.clock import Clock
-from engine.decide import CampaignRuntime, decision_id
-from engine.rewards import reward_of
 from schemas.codec import (
     RecordError,
     check_time,
@@ -58,6 +58,14 @@ class OpenDecision(msgspec.Struct, array_like=True):
     outcome_ids: list[str] = []
     outcome_types: list[str] = []
     outcome_values: list[float] = []
+
+
+class AttributedOutcome(NamedTuple):
+    """An outcome as kept with its open decision: enough to compute the reward."""
+
+    outcome_id: str
+    type: str
+    value: float
 
 
 class PendingSet(msgspec.Struct, array_like=True):
@@ -298,7 +306,12 @@ class Processor:
     ) -> None:
         decision = item.decision
         runtime = self.runtimes.get(decision.campaign)
-        outcomes = list(zip(item.outcome_types, item.outcome_values, strict=True))
+        outcomes = [
+            AttributedOutcome(oid, kind, value)
+            for oid, kind, value in zip(
+                item.outcome_ids, item.outcome_types, item.outcome_values, strict=True
+            )
+        ]
         if runtime is None:
             reward = 0.0
         elif expired:
