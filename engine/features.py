@@ -1,0 +1,160 @@
+"""The decision context: a flat dict of small, finite floats built from customer state and trigger.
+
+Most values are scaled to about [0, 1] (log1p for money and counts, sin/cos for cycles), so linear
+models learn without a scaler. The few raw values that campaign eligibility rules are written in
+(`cart_value >= 30`, `frequency >= 2`) are listed in RAW_FEATURES; drop them with `model_view()`
+where a model should only see scaled inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from functools import lru_cache
+from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from engine.state import (
+    ALL_CHANNELS,
+    CLICKED,
+    CONVERTED,
+    LOYALTY_TIERS,
+    OPENED,
+    SENT,
+    CustomerState,
+    loyalty_tier,
+)
+from schemas.records import Trigger
+
+#: Trigger types with a one-hot feature (anything else sets trigger_other).
+TRIGGER_TYPES: Final[tuple[str, ...]] = ("cart_abandoned", "first_purchase", "lapse", "purchase")
+#: Channels with engagement-rate features.
+MESSAGE_CHANNELS: Final[tuple[str, ...]] = ("email", "sms", "push")
+#: Categories with an affinity-share feature (the strongest first).
+TOP_CATEGORIES: Final[int] = 5
+#: Unscaled features kept for eligibility rules (currency units, counts, days).
+RAW_FEATURES: Final[frozenset[str]] = frozenset({"cart_value", "frequency", "monetary"})
+#: Bound on every feature's absolute value (and the value of anything non-finite).
+FEATURE_LIMIT: Final[float] = 1e6
+
+_DAY: Final[float] = 86400.0
+_TWO_PI: Final[float] = 2.0 * math.pi
+# Prior rates (and their weight in pseudo-messages) for smoothed engagement rates.
+_PRIOR_N: Final[float] = 2.0
+_PRIOR: Final[tuple[tuple[str, int, float], ...]] = (
+    ("open", OPENED, 0.2),
+    ("click", CLICKED, 0.05),
+    ("convert", CONVERTED, 0.02),
+)
+_TIER_KEYS: Final[dict[str, str]] = {tier: f"loyalty_{tier}" for tier in LOYALTY_TIERS}
+_TRIGGER_KEYS: Final[dict[str, str]] = {t: f"trigger_{t}" for t in TRIGGER_TYPES}
+_UTC: Final[ZoneInfo] = ZoneInfo("UTC")
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str | None) -> ZoneInfo:
+    """The customer's ZoneInfo, UTC when absent or unknown (cached: lookups are slow)."""
+    if not name:
+        return _UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return _UTC
+
+
+def _log_scaled(value: float, scale: float) -> float:
+    """log1p of a non-negative value divided by scale (values below 0 count as 0)."""
+    return math.log1p(value) / scale if value > 0.0 else 0.0
+
+
+def _days_since(now_s: float, then: float | None) -> float:
+    """Non-negative days between then and now."""
+    return max(0.0, (now_s - then) / _DAY) if then is not None else 0.0
+
+
+def features(state: CustomerState, trigger: Trigger, now: datetime) -> dict[str, float]:
+    """Build the context for a decision: RFM, cart, categories, time, engagement, fatigue, tier."""
+    now_s = now.timestamp()
+    count = state.purchase_count
+    value = state.purchase_value
+    cart_total = 0.0
+    cart_items = 0
+    for qty, price in state.cart.values():
+        cart_total += qty * price
+        cart_items += qty
+    out: dict[str, float] = {
+        "bias": 1.0,
+        "has_purchased": 1.0 if count > 0 else 0.0,
+        "recency": _log_scaled(_days_since(now_s, state.last_purchase), 6.0) if count else 1.0,
+        "last_seen": _log_scaled(_days_since(now_s, state.last_seen), 6.0),
+        "tenure": _log_scaled(_days_since(now_s, state.first_seen), 7.0),
+        "frequency": float(count),
+        "frequency_log": _log_scaled(count, 4.0),
+        "monetary": value,
+        "monetary_log": _log_scaled(value, 10.0),
+        "avg_order_log": _log_scaled(value / count, 7.0) if count else 0.0,
+        "cart_value": cart_total,
+        "cart_value_log": _log_scaled(cart_total, 7.0),
+        "cart_items": _log_scaled(cart_items, 3.0),
+        "cart_idle": _log_scaled(_days_since(now_s, state.last_cart_activity) * 1440.0, 10.0),
+    }
+    # Category affinities: share of the strongest categories, and how spread the interest is.
+    cats = state.categories
+    if cats:
+        total = sum(cats.values())
+        top = sorted(cats.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CATEGORIES]
+        for name, c in top:
+            out[f"category_{name}"] = c / total if total > 0 else 0.0
+        out["category_count"] = len(cats) / 8.0
+    else:
+        out["category_count"] = 0.0
+    # Local time of day and weekday, cyclic.
+    local = now.astimezone(_zone(state.timezone))
+    hour = (local.hour + local.minute / 60.0) * (_TWO_PI / 24.0)
+    weekday = (local.weekday() + hour / _TWO_PI) * (_TWO_PI / 7.0)
+    out["hour_sin"] = math.sin(hour)
+    out["hour_cos"] = math.cos(hour)
+    out["weekday_sin"] = math.sin(weekday)
+    out["weekday_cos"] = math.cos(weekday)
+    # Engagement: smoothed rates overall and per message channel, and message volume.
+    engagement = state.engagement
+    for channel in (ALL_CHANNELS, *MESSAGE_CHANNELS):
+        counts = engagement.get(channel, (0, 0, 0, 0))
+        sent = max(counts[SENT], 0)
+        for name, slot, prior in _PRIOR:
+            rate = (max(counts[slot], 0) + prior * _PRIOR_N) / (sent + _PRIOR_N)
+            out[f"{name}_rate_{channel}"] = min(rate, 1.0)
+    out["messages_total"] = _log_scaled(engagement.get(ALL_CHANNELS, (0, 0, 0, 0))[SENT], 5.0)
+    # Fatigue: messages in the last day and week.
+    day_ago, week_ago = now_s - _DAY, now_s - 7 * _DAY
+    last_day = last_week = 0
+    for entry in state.sent:
+        ts = entry[0]
+        if ts >= week_ago:
+            last_week += 1
+            if ts >= day_ago:
+                last_day += 1
+    out["fatigue_day"] = _log_scaled(last_day, 2.0)
+    out["fatigue_week"] = _log_scaled(last_week, 3.0)
+    # Loyalty tier one-hot (an unknown explicit tier sets none of them).
+    tier_key = _TIER_KEYS.get(loyalty_tier(state))
+    for key in _TIER_KEYS.values():
+        out[key] = 1.0 if key == tier_key else 0.0
+    # Trigger type one-hot, explicit flag, age.
+    trigger_key = _TRIGGER_KEYS.get(trigger.type)
+    for key in _TRIGGER_KEYS.values():
+        out[key] = 1.0 if key == trigger_key else 0.0
+    out["trigger_other"] = 0.0 if trigger_key else 1.0
+    out["trigger_explicit"] = 1.0 if trigger.explicit else 0.0
+    age_min = max(0.0, (now - trigger.ts).total_seconds() / 60.0)
+    out["trigger_age"] = _log_scaled(age_min, 10.0)
+    # Guarantee finite, bounded values whatever the state holds (e.g. corrupt or extreme numbers).
+    for key, v in out.items():
+        if not -FEATURE_LIMIT <= v <= FEATURE_LIMIT:
+            out[key] = 0.0 if v != v else math.copysign(FEATURE_LIMIT, v)
+    return out
+
+
+def model_view(feats: dict[str, float]) -> dict[str, float]:
+    """The features without the raw (unscaled) ones, for models that want only scaled inputs."""
+    return {k: v for k, v in feats.items() if k not in RAW_FEATURES}
