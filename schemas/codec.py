@@ -88,8 +88,9 @@ def _classify(
     """Turn a validation failure into the most specific reason (slow path, errors only)."""
     try:
         obj: Any = orjson.loads(bytes(data) if isinstance(data, memoryview | bytearray) else data)
-    except orjson.JSONDecodeError as err:
-        return RecordError("malformed_json", str(err))
+    except orjson.JSONDecodeError:
+        # msgspec failed validation first (e.g. a number out of range): report what it saw.
+        return RecordError("invalid_record", str(exc))
     if isinstance(obj, dict):
         version = obj.get("schema_version", SCHEMA_VERSION)
         if type(version) is int and version != SCHEMA_VERSION:
