@@ -90,10 +90,10 @@ class KairosApp:
             for name in (names.decisions, names.rewards, names.dlq, names.models)
         }
         self.states = app.Table(
-            "customers", partitions=s.partitions, key_type=bytes, value_type=bytes, **raw
+            "customers", partitions=s.partitions, key_type=bytes, value_type=bytes
         )
         self.pending = app.Table(
-            "pending", partitions=s.partitions, key_type=bytes, value_type=bytes, **raw
+            "pending", partitions=s.partitions, key_type=bytes, value_type=bytes
         )
         source = app.topic(
             names.events, names.outcomes, names.ticks, partitions=s.partitions, **raw

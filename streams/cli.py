@@ -17,8 +17,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-err = Console(stderr=True)
+console = Console(emoji=False, highlight=False)
+err = Console(stderr=True, emoji=False)
 
 
 def _settings(**overrides: object) -> Settings:
