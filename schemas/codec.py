@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 import msgspec
-import orjson
 
 from schemas.records import (
     EVENT_TYPES,
@@ -59,6 +58,7 @@ _EVENT_DECODER: Final = msgspec.json.Decoder(Event)
 _OUTCOME_DECODER: Final = msgspec.json.Decoder(Outcome)
 _DECISION_DECODER: Final = msgspec.json.Decoder(Decision)
 _REWARD_DECODER: Final = msgspec.json.Decoder(RewardRecord)
+_UNTYPED_DECODER: Final = msgspec.json.Decoder()
 
 
 def encode(record: Record) -> bytes:
@@ -86,11 +86,14 @@ def _classify(
     data: Buffer, exc: msgspec.ValidationError, types: frozenset[str] | None, nested: str | None
 ) -> RecordError:
     """Turn a validation failure into the most specific reason (slow path, errors only)."""
+    # Re-parse untyped with the same parser (orjson differs on edge cases such as 1e400), so a
+    # syntax error after the first type error is still reported as malformed_json.
     try:
-        obj: Any = orjson.loads(bytes(data) if isinstance(data, memoryview | bytearray) else data)
-    except orjson.JSONDecodeError:
-        # msgspec failed validation first (e.g. a number out of range): report what it saw.
+        obj: Any = _UNTYPED_DECODER.decode(data)
+    except msgspec.ValidationError:
         return RecordError("invalid_record", str(exc))
+    except msgspec.DecodeError as err:
+        return RecordError("malformed_json", str(err))
     if isinstance(obj, dict):
         version = obj.get("schema_version", SCHEMA_VERSION)
         if type(version) is int and version != SCHEMA_VERSION:
