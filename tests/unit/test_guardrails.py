@@ -222,7 +222,7 @@ def violates(
             return True
     if rails.quiet_hours is not None:
         delivered = send_time(campaign, action, now, tz)
-        zone = ZoneInfo(tz) if tz in ZONES[1:-1] else ZoneInfo("UTC")
+        zone = ZoneInfo(tz) if tz is not None and tz in ZONES[1:-1] else ZoneInfo("UTC")
         if rails.quiet_hours.contains(delivered.astimezone(zone).hour):
             return True
     return False

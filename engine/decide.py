@@ -1,0 +1,249 @@
+"""The decision: features -> eligibility -> guardrails -> holdout -> bandit choice -> Decision.
+
+`decide()` is pure given its inputs: the decision id is a hash of the campaign name and the
+trigger id, and the random draw comes from a `random.Random` seeded with (seed, decision id), so a
+replay of the same trigger repeats the same decision. Steps:
+
+1. features of the customer and the trigger (engine.features); the models see, and the Decision
+   records, `model_view()` of them (without the raw currency/count values);
+2. eligibility: every rule of an action must hold over all features, raw ones included (a
+   missing feature counts as 0);
+3. guardrails: frequency caps, cooldown, quiet hours (engine.guardrails); no-action always stays;
+4. holdout: a customer in the campaign's holdout group always gets no-action (propensity 1,
+   holdout=True, reason "holdout") and is never learned from;
+5. the bandit draws among what is left, scoring reward minus cost or uplift over no-action.
+
+When only no-action is left the bandit is not asked: propensity 1, reason "no_eligible_action"
+(rules left nothing) or "guardrail:<name>" (the guardrail that removed the most actions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from engine.bandit import ContextualBandit
+from engine.campaign import NO_ACTION_ID, Campaign
+from engine.features import features as compute_features
+from engine.features import model_view
+from engine.guardrails import GuardrailResult, apply_guardrails, in_holdout, send_time
+from engine.policies import ExplorationConfig
+from engine.rewards import attribution_deadline
+from engine.state import CustomerState
+from schemas.records import Decision, RewardRecord, Trigger
+
+__all__ = [
+    "CampaignRuntime",
+    "DecisionTrace",
+    "build_bandit",
+    "decide",
+    "decide_traced",
+    "decision_id",
+    "decision_rng",
+    "exploration_config",
+    "learn",
+]
+
+
+def decision_id(campaign_name: str, trigger_id: str) -> str:
+    """Derive the decision id from campaign and trigger, so a replayed trigger reuses it."""
+    data = f"{campaign_name}\x1f{trigger_id}".encode()
+    return hashlib.blake2b(data, digest_size=16, person=b"kairos-decision").hexdigest()
+
+
+def decision_rng(seed: int, decision: str) -> random.Random:
+    """Return the random source of one decision, seeded from (seed, decision id)."""
+    data = f"{seed}\x1f{decision}".encode()
+    digest = hashlib.blake2b(data, digest_size=8, person=b"kairos-rng").digest()
+    return random.Random(int.from_bytes(digest, "big"))
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionTrace:
+    """A decision and why the other actions were not available (for logs and metrics)."""
+
+    decision: Decision
+    ineligible: tuple[str, ...] = ()
+    """Actions whose eligibility rules did not hold."""
+    guardrails: GuardrailResult = field(default_factory=lambda: GuardrailResult(()))
+    """What the guardrails left and removed (by guardrail name)."""
+
+
+def decide_traced(
+    state: CustomerState,
+    trigger: Trigger,
+    campaign: Campaign,
+    bandit: ContextualBandit,
+    now: datetime,
+    seed: int,
+) -> DecisionTrace:
+    """Decide for one trigger and campaign, and say what eligibility and guardrails removed."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (UTC)")
+    if not campaign.responds_to(trigger.type):
+        raise ValueError(f"campaign {campaign.name!r} does not respond to {trigger.type!r}")
+    now = now.astimezone(UTC)
+    did = decision_id(campaign.name, trigger.trigger_id)
+    raw = compute_features(state, trigger, now)
+    context = model_view(raw)  # what the models see and later learn from: scaled inputs only
+
+    eligible = [a.id for a in campaign.actions if not a.is_message or a.eligible(raw)]
+    ineligible = tuple(a.id for a in campaign.actions if a.id not in eligible)
+    timezone = state.timezone
+    rails = apply_guardrails(
+        campaign, eligible, state.sent, now, timezone, last_sent=state.last_action
+    )
+
+    def make(
+        action_id: str,
+        *,
+        propensity: float,
+        probabilities: dict[str, float],
+        scores: dict[str, float],
+        explore: bool,
+        holdout: bool,
+        reason: str,
+    ) -> DecisionTrace:
+        action = campaign.action(action_id)
+        sent_at = send_time(campaign, action, now, timezone)
+        decision = Decision(
+            decision_id=did,
+            customer_id=trigger.customer_id,
+            campaign=campaign.name,
+            action_id=action.id,
+            action=action.dimensions(),
+            propensity=propensity,
+            probabilities=probabilities,
+            scores=scores,
+            features=context,
+            model_version=bandit.version,
+            explore=explore,
+            holdout=holdout,
+            reason=reason,
+            cost=action.cost,
+            trigger_id=trigger.trigger_id,
+            trigger_type=trigger.type,
+            trigger_event_id=trigger.source_event_id,
+            trigger_ts=trigger.ts,
+            decided_ts=now,
+            attribution_deadline=attribution_deadline(now, campaign, sent_at),
+        )
+        return DecisionTrace(decision, ineligible, rails)
+
+    forced = {NO_ACTION_ID: 1.0}
+    if in_holdout(trigger.customer_id, campaign):
+        return make(
+            NO_ACTION_ID,
+            propensity=1.0,
+            probabilities=forced,
+            scores={},
+            explore=False,
+            holdout=True,
+            reason="holdout",
+        )
+    if rails.allowed == (NO_ACTION_ID,):
+        guardrail = rails.main_reason()
+        return make(
+            NO_ACTION_ID,
+            propensity=1.0,
+            probabilities=forced,
+            scores={},
+            explore=False,
+            holdout=False,
+            reason="no_eligible_action" if guardrail is None else f"guardrail:{guardrail}",
+        )
+    allowed = list(rails.allowed)
+    costs = {a: campaign.action(a).cost for a in allowed}
+    choice = bandit.choose(
+        context, allowed, decision_rng(seed, did), costs=costs, objective=campaign.objective
+    )
+    return make(
+        choice.action_id,
+        propensity=choice.propensity,
+        probabilities=dict(choice.probabilities),
+        scores=dict(choice.scores),
+        explore=choice.explore,
+        holdout=False,
+        reason="policy",
+    )
+
+
+def decide(
+    state: CustomerState,
+    trigger: Trigger,
+    campaign: Campaign,
+    bandit: ContextualBandit,
+    now: datetime,
+    seed: int,
+) -> Decision:
+    """Decide what to do (or not) for one trigger and campaign; deterministic given the seed."""
+    return decide_traced(state, trigger, campaign, bandit, now, seed).decision
+
+
+def learn(bandit: ContextualBandit, record: RewardRecord) -> bool:
+    """Teach the chosen action's model the reward; holdout decisions are never learned from."""
+    decision = record.decision
+    if decision.holdout:
+        return False
+    bandit.learn(decision.action_id, decision.features, record.reward)
+    return True
+
+
+def exploration_config(campaign: Campaign) -> ExplorationConfig:
+    """Map the campaign's exploration section onto the policies' ExplorationConfig."""
+    return ExplorationConfig.from_params(campaign.exploration.kind, campaign.exploration.params)
+
+
+def build_bandit(campaign: Campaign, seed: int = 0) -> ContextualBandit:
+    """Build the campaign's bandit: one model per arm; no-action is the baseline for uplift."""
+    return ContextualBandit(
+        list(campaign.action_ids),
+        exploration_config(campaign),
+        model=campaign.model,
+        seed=seed,
+        baseline_action=NO_ACTION_ID if campaign.objective == "uplift" else None,
+    )
+
+
+@dataclass(slots=True)
+class CampaignRuntime:
+    """A campaign with its live bandit and seed: what the stream layer decides and learns with.
+
+    `bandit` may be replaced (e.g. by a restored snapshot of the same campaign).
+    """
+
+    campaign: Campaign
+    bandit: ContextualBandit
+    seed: int = 0
+
+    @classmethod
+    def from_campaign(cls, campaign: Campaign, seed: int = 0) -> CampaignRuntime:
+        """Build the runtime with a fresh bandit for the campaign."""
+        return cls(campaign, build_bandit(campaign, seed), seed)
+
+    def responds_to(self, trigger_type: str) -> bool:
+        """Tell whether the campaign decides on this trigger type."""
+        return self.campaign.responds_to(trigger_type)
+
+    def decide(self, state: CustomerState, trigger: Trigger, now: datetime) -> Decision:
+        """Decide for one trigger with this campaign's bandit and seed."""
+        return decide(state, trigger, self.campaign, self.bandit, now, self.seed)
+
+    def decide_traced(self, state: CustomerState, trigger: Trigger, now: datetime) -> DecisionTrace:
+        """Decide and say what eligibility and guardrails removed."""
+        return decide_traced(state, trigger, self.campaign, self.bandit, now, self.seed)
+
+    def learn(self, record: RewardRecord) -> bool:
+        """Learn a reward of this campaign (holdout, other campaigns and unknown arms ignored)."""
+        decision = record.decision
+        if decision.campaign != self.campaign.name or decision.action_id not in set(
+            self.campaign.action_ids
+        ):
+            return False
+        return learn(self.bandit, record)
+
+    def restore(self, snapshot: bytes, key: bytes | None = None) -> None:
+        """Replace the bandit by a snapshot of it (SnapshotError if invalid)."""
+        self.bandit = ContextualBandit.restore(snapshot, key)
