@@ -1,0 +1,202 @@
+"""Triggers: explicit events, first purchase, cart abandonment and lapse timers that survive restarts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.clock import ManualClock
+from engine.state import CustomerState, apply, decode_state, encode_state
+from engine.triggers import (
+    TriggerConfig,
+    detect,
+    due,
+    next_due,
+    trigger_id,
+)
+from schemas.records import Event, Trigger
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+EPOCH0 = int(T0.timestamp())
+CONFIG = TriggerConfig()
+
+
+def ev(kind: str, at: datetime, event_id: str | None = None, **kw: object) -> Event:
+    return Event(
+        event_id=event_id or str(uuid.uuid4()),
+        customer_id="c1",
+        type=kind,
+        ts=at,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def step(state: CustomerState | None, event: Event) -> tuple[list[Trigger], CustomerState]:
+    """What the stream layer does per event: apply, then detect."""
+    return detect(state, apply(state, event), event, CONFIG)
+
+
+def test_config_defaults() -> None:
+    assert (CONFIG.cart_abandon_after_s, CONFIG.lapse_after_days) == (1800.0, 60.0)
+
+
+def test_explicit_cart_abandoned_fires_at_once_and_clears_the_timer() -> None:
+    _, state = step(None, ev("cart_add", T0, product_id="p1", price=5.0))
+    assert "cart_abandoned" in state.timers
+    explicit = ev("cart_abandoned", T0 + timedelta(minutes=5), event_id="ab-1")
+    triggers, state = step(state, explicit)
+    assert triggers == [
+        Trigger(
+            trigger_id=trigger_id("c1", "cart_abandoned", "ab-1"),
+            customer_id="c1",
+            type="cart_abandoned",
+            ts=explicit.ts,
+            source_event_id="ab-1",
+            explicit=True,
+        )
+    ]
+    assert "cart_abandoned" not in state.timers
+
+
+def test_first_purchase_then_purchase_triggers() -> None:
+    triggers, state = step(None, ev("purchase", T0, event_id="p-1", order_value=10.0))
+    assert [t.type for t in triggers] == ["first_purchase"]
+    assert triggers[0].source_event_id == "p-1" and not triggers[0].explicit
+    triggers, state = step(state, ev("purchase", T0 + timedelta(days=1), order_value=10.0))
+    assert [t.type for t in triggers] == ["purchase"]
+
+
+def test_nothing_for_a_duplicate() -> None:
+    event = ev("purchase", T0, order_value=10.0)
+    _, state = step(None, event)
+    assert detect(state, apply(state, event), event, CONFIG) == ([], state)
+
+
+def test_cart_timer_fires_after_inactivity() -> None:
+    clock = ManualClock(T0)
+    triggers, state = step(None, ev("cart_add", clock.now(), event_id="add-1", product_id="p1"))
+    assert triggers == []
+    assert state.timers["cart_abandoned"] == (EPOCH0 + 1800, "add-1")
+    clock.advance(1799)
+    assert due(state, clock.now(), CONFIG) == ([], state)
+    clock.advance(1)
+    fired, after = due(state, clock.now(), CONFIG)
+    assert [(t.type, t.ts, t.source_event_id, t.explicit) for t in fired] == [
+        ("cart_abandoned", T0 + timedelta(seconds=1800), "add-1", False)
+    ]
+    assert fired[0].trigger_id == trigger_id("c1", "cart_abandoned", "add-1")
+    assert after.timers == {}
+    assert due(after, clock.now() + timedelta(days=1), CONFIG) == ([], after)
+
+
+def test_cart_activity_pushes_the_timer() -> None:
+    _, state = step(None, ev("cart_add", T0, event_id="a1", product_id="p1"))
+    _, state = step(
+        state, ev("cart_add", T0 + timedelta(minutes=20), event_id="a2", product_id="p2")
+    )
+    assert state.timers["cart_abandoned"] == (EPOCH0 + 1200 + 1800, "a2")
+    _, state = step(
+        state, ev("cart_remove", T0 + timedelta(minutes=25), event_id="r1", product_id="p2")
+    )
+    assert state.timers["cart_abandoned"] == (EPOCH0 + 1500 + 1800, "r1")
+    assert due(state, T0 + timedelta(minutes=31), CONFIG)[0] == []
+    # An older event delivered late does not pull the timer earlier.
+    _, late = step(state, ev("cart_add", T0 + timedelta(minutes=1), product_id="p3"))
+    assert late.timers["cart_abandoned"] == (EPOCH0 + 1500 + 1800, "r1")
+
+
+def test_cart_timer_cleared_by_empty_cart_checkout_or_purchase() -> None:
+    _, base = step(None, ev("cart_add", T0, product_id="p1"))
+    at = T0 + timedelta(minutes=1)
+    _, emptied = step(base, ev("cart_remove", at, product_id="p1"))
+    _, checkout = step(base, ev("checkout_started", at))
+    _, bought = step(base, ev("purchase", at, order_value=3.0))
+    for state in (emptied, checkout, bought):
+        assert "cart_abandoned" not in state.timers
+        assert due(state, T0 + timedelta(hours=2), CONFIG)[0] == []
+
+
+def test_unrelated_events_keep_the_same_state_object() -> None:
+    _, state = step(None, ev("cart_add", T0, product_id="p1"))
+    view = ev("page_view", T0 + timedelta(minutes=1))
+    applied = apply(state, view)
+    assert detect(state, applied, view, CONFIG) == ([], applied)
+
+
+def test_lapse_timer_armed_by_purchase_and_pushed_by_the_next() -> None:
+    config = TriggerConfig(lapse_after_days=30)
+    state = apply(None, ev("purchase", T0, event_id="p1", order_value=1.0))
+    _, state = detect(None, state, ev("purchase", T0, event_id="p1"), config)
+    assert state.timers["lapse"] == (EPOCH0 + 30 * 86400, "p1")
+    second = ev("purchase", T0 + timedelta(days=10), event_id="p2", order_value=1.0)
+    _, state = detect(state, apply(state, second), second, config)
+    assert next_due(state) == EPOCH0 + 40 * 86400
+    fired, state = due(state, T0 + timedelta(days=40), config)
+    assert [(t.type, t.source_event_id) for t in fired] == [("lapse", "p2")]
+    assert next_due(state) is None
+
+
+def test_timers_survive_a_restart_and_replay_gives_the_same_id() -> None:
+    add = ev("cart_add", T0, product_id="p1")
+    _, state = step(None, add)
+    restored = decode_state(encode_state(state))
+    assert restored.timers == state.timers
+    now = T0 + timedelta(hours=1)
+    assert due(restored, now, CONFIG) == due(state, now, CONFIG)
+    # A crash before the fired timer was stored: replaying the same event arms the same id.
+    _, replayed = step(None, add)
+    assert due(replayed, now, CONFIG)[0][0].trigger_id == due(state, now, CONFIG)[0][0].trigger_id
+
+
+def test_several_due_timers_fire_oldest_first() -> None:
+    _, state = step(None, ev("purchase", T0, order_value=1.0))
+    _, state = step(state, ev("cart_add", T0 + timedelta(days=59), product_id="p1"))
+    fired, state = due(state, T0 + timedelta(days=61), CONFIG)
+    assert [t.type for t in fired] == ["cart_abandoned", "lapse"]
+    assert [t.ts for t in fired] == sorted(t.ts for t in fired)
+    assert state.timers == {}
+
+
+def test_trigger_id_is_deterministic_and_distinct() -> None:
+    a = trigger_id("c1", "lapse", "e1")
+    assert a == trigger_id("c1", "lapse", "e1")
+    assert len(a) == 20 and int(a, 16) >= 0
+    assert (
+        len(
+            {
+                a,
+                trigger_id("c2", "lapse", "e1"),
+                trigger_id("c1", "cart_abandoned", "e1"),
+                trigger_id("c1", "lapse", "e2"),
+            }
+        )
+        == 4
+    )
+
+
+kinds = st.sampled_from(
+    ["cart_add", "cart_remove", "checkout_started", "purchase", "page_view", "cart_abandoned"]
+)
+
+
+@given(st.lists(st.tuples(kinds, st.integers(0, 90 * 86400)), min_size=1, max_size=25))
+def test_timers_round_trip_and_due_matches(steps: list[tuple[str, int]]) -> None:
+    state: CustomerState | None = None
+    for i, (kind, offset) in enumerate(steps):
+        event = ev(
+            kind, T0 + timedelta(seconds=offset), event_id=f"e{i}", product_id="p1", order_value=1.0
+        )
+        _, state = step(state, event)
+    assert state is not None
+    restored = decode_state(encode_state(state))
+    assert restored.timers == state.timers
+    for due_at, _ in state.timers.values():
+        assert isinstance(due_at, int)
+    now = T0 + timedelta(days=200)
+    fired, after = due(restored, now, CONFIG)
+    assert after.timers == {}
+    if not state.cart:
+        assert all(t.type != "cart_abandoned" for t in fired)
