@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engine.models import MODEL_NAMES
-from engine.policies import POLICY_KINDS
+from engine.policies import POLICY_KINDS, ExplorationConfig
 from engine.state import MAX_SENT, SENT_RETENTION_S
 from schemas import records
 
@@ -595,6 +595,7 @@ _EXPLORATION_PARAMS: Mapping[str, tuple[bool, float, float, bool]] = {
     "n_bootstrap": (True, 1, 1000, False),
     "gamma": (False, 0.0, 1e9, True),
     "gamma_exponent": (False, 0.0, 1.0, False),
+    "optimism": (False, 0.0, 100.0, False),
     "min_propensity": (False, 0.0, 0.5, False),
 }
 
@@ -615,6 +616,10 @@ def _parse_exploration(table: _Table) -> ExplorationSpec:
         else:
             params[name] = table.number(name, low=low, high=high, low_open=low_open)
     table.done()
+    try:  # the policies module has the last word on what it accepts
+        ExplorationConfig.from_params(kind, params)
+    except ValueError as exc:
+        raise CampaignError(table.path, str(exc)) from exc
     return ExplorationSpec(kind=kind, params=params)
 
 

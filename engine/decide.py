@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from engine.bandit import ContextualBandit
+from engine.bandit import ContextualBandit, SnapshotError
 from engine.campaign import NO_ACTION_ID, Campaign
 from engine.features import features as compute_features
 from engine.features import model_view
@@ -245,5 +245,11 @@ class CampaignRuntime:
         return learn(self.bandit, record)
 
     def restore(self, snapshot: bytes, key: bytes | None = None) -> None:
-        """Replace the bandit by a snapshot of it (SnapshotError if invalid)."""
-        self.bandit = ContextualBandit.restore(snapshot, key)
+        """Replace the bandit by a snapshot of this campaign's arms (SnapshotError otherwise)."""
+        bandit = ContextualBandit.restore(snapshot, key)
+        if bandit.action_ids != self.campaign.action_ids:
+            raise SnapshotError(
+                f"snapshot arms do not match campaign {self.campaign.name!r}: "
+                "the campaign's actions changed since the snapshot"
+            )
+        self.bandit = bandit

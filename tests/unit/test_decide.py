@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.bandit import ContextualBandit
+from engine.bandit import ContextualBandit, SnapshotError
 from engine.campaign import NO_ACTION_ID, Campaign, builtin_campaign, parse_campaign
 from engine.decide import (
     CampaignRuntime,
@@ -318,6 +318,9 @@ def test_runtime_decides_learns_and_restores(name: str) -> None:
     assert fresh.bandit.version == runtime.bandit.version
     t = trigger(customer, campaign.triggers[0], 999)
     assert fresh.decide(state(customer), t, NOW) == runtime.decide(state(customer), t, NOW)
+    if name == "cart_abandonment":  # another campaign's arms are refused
+        with pytest.raises(SnapshotError, match="do not match"):
+            CampaignRuntime.from_campaign(builtin_campaign("win_back")).restore(snapshot)
 
 
 def test_learning_moves_the_choice() -> None:
