@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WITH_KAFKA := bash deploy/kafka/with-kafka.sh
 
-.PHONY: demo test lint unit integration bench-bakeoff bench-latency bench-soak kafka-start kafka-stop clean
+.PHONY: demo test lint unit integration bench-bakeoff bench-startup bench-latency bench-soak kafka-start kafka-stop clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -36,6 +36,9 @@ integration: $(STAMP)
 
 bench-bakeoff: $(STAMP)
 	$(BIN)/python bench/bakeoff.py
+
+bench-startup: $(STAMP)
+	$(WITH_KAFKA) $(BIN)/python bench/startup.py
 
 bench-latency: $(STAMP)
 	$(WITH_KAFKA) $(BIN)/python bench/latency.py

@@ -67,6 +67,7 @@ class KairosApp:
             broker_rebalance_timeout=s.rebalance_timeout_s,
             broker_commit_interval=s.commit_interval_s,
             consumer_auto_offset_reset="earliest",
+            consumer_group_instance_id=s.group_instance_id,
             # Latency: send at once rather than waiting to fill a batch.
             producer_linger=s.producer_linger_ms / 1000.0,
             producer_acks=s.producer_acks,

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     # Delivery.
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     # Latency and start-up knobs (measured; see BENCHMARKS.md).
+    group_instance_id: str | None = Field(
+        default=None,
+        description="Static group membership (e.g. the pod name): a restart takes the old place "
+        "at once instead of waiting for the session timeout.",
+    )
     session_timeout_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     rebalance_timeout_s: float = Field(default=20.0, gt=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,12 +73,23 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
             error: KafkaError = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise RuntimeError(f"could not create topic {topic}: {error.str()}") from exc
-    metadata = admin.list_topics(timeout=timeout_s)
+    # Creation is acknowledged by the controller before every broker's metadata shows it.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metadata = admin.list_topics(timeout=timeout_s)
+        missing = [
+            s.name
+            for s in specs
+            if s.name not in metadata.topics or metadata.topics[s.name].error is not None
+        ]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics not available after creation: {', '.join(missing)}")
+        time.sleep(0.1)
     counts: dict[str, int] = {}
     for spec in specs:
-        found = metadata.topics.get(spec.name)
-        if found is None or found.error is not None:
-            raise RuntimeError(f"topic {spec.name} is not available after creation")
+        found = metadata.topics[spec.name]
         counts[spec.name] = len(found.partitions)
         keyed = spec.name != settings.topics.models
         if keyed and counts[spec.name] != settings.partitions:
