@@ -348,3 +348,14 @@ def test_learning_moves_the_choice() -> None:
     share = sum(d.action_id == good for d in chosen) / len(chosen)
     assert share > 0.5, share
     assert bandit.version == 200
+
+
+@pytest.mark.parametrize("name", ["cart_abandonment", "cross_sell", "win_back"])
+def test_shipped_rules_name_real_features(name: str) -> None:
+    """A typo in a rule's feature would silently read 0: the shipped rules use real features."""
+    from engine.features import features
+
+    campaign = builtin_campaign(name)
+    known = set(features(state(), trigger(kind=campaign.triggers[0]), NOW))
+    used = {rule.feature for action in campaign.actions for rule in action.rules}
+    assert used <= known, used - known
