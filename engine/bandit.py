@@ -134,12 +134,23 @@ class ContextualBandit:
         return out
 
     def _predict_all(
-        self, models: Mapping[str, RewardModel], features: Mapping[str, float], ids: Sequence[str]
+        self,
+        models: Mapping[str, RewardModel],
+        features: Mapping[str, float],
+        ids: Sequence[str],
+        bonus: float = 0.0,
     ) -> dict[str, float]:
-        """Predict with each listed action's model, encoding the context once when possible."""
+        """Predict with each listed action's model (plus an optimism bonus for ridge models)."""
         if self._index is not None:
             vec = self._index.encode(features)
-            return {a: models[a].predict_vector(vec) for a in ids}  # type: ignore[attr-defined]
+            ridge: Mapping[str, RidgeModel] = models  # type: ignore[assignment]
+            if bonus > 0.0:
+                return {
+                    a: ridge[a].predict_vector(vec)
+                    + (0.0 if a == self.baseline_action else bonus * ridge[a].width_vector(vec))
+                    for a in ids
+                }
+            return {a: ridge[a].predict_vector(vec) for a in ids}
         return {a: models[a].predict(features) for a in ids}
 
     def scores(
@@ -185,7 +196,7 @@ class ContextualBandit:
         if objective == "uplift" and baseline is None:
             raise ValueError("the uplift objective needs a baseline_action")
         need = ids if baseline is None or baseline in ids else [*ids, baseline]
-        preds = self._predict_all(self._models, features, need)
+        preds = self._predict_all(self._models, features, need, self.exploration.optimism)
         base = preds[baseline] if objective == "uplift" and baseline is not None else 0.0
         scores = self._objective(preds, ids, costs, objective, base)
         replica_scores: list[dict[str, float]] | None = None
@@ -251,6 +262,7 @@ class ContextualBandit:
             "n_bootstrap": self.exploration.n_bootstrap,
             "gamma": self.exploration.gamma,
             "gamma_exponent": self.exploration.gamma_exponent,
+            "optimism": self.exploration.optimism,
             "min_propensity": self.exploration.min_propensity,
         }
         common: dict[str, Any] = {

@@ -144,6 +144,12 @@ class RidgeModel:
         """Return the expected reward in this context."""
         return self.predict_vector(self.index.encode(features))
 
+    def width_vector(self, vec: FloatArray) -> float:
+        """Return the confidence width sqrt(x' A^-1 x) of an encoded context (for optimism)."""
+        n = self.w.shape[0]
+        v = vec[:n] if vec.shape[0] > n else vec
+        return math.sqrt(max(float(v @ self.a_inv @ v), 0.0))
+
     def learn_vector(self, vec: FloatArray, reward: float, weight: float = 1.0) -> None:
         """Update with an encoded context (Sherman-Morrison rank-one update of the inverse)."""
         if weight <= 0.0:
@@ -199,11 +205,17 @@ class RiverModel:
     __slots__ = ("estimator", "is_classifier")
 
     def __init__(self, estimator: Any) -> None:
-        """Wrap a River estimator (a classifier if it has predict_proba_one)."""
+        """Wrap a River estimator (a classifier if it, or a pipeline's last step, is one)."""
         if not hasattr(estimator, "learn_one") or not hasattr(estimator, "clone"):
             raise TypeError(f"{type(estimator).__name__} is not a River estimator")
+        from river import base
+
+        last = estimator
+        steps = getattr(estimator, "steps", None)
+        if isinstance(steps, Mapping) and steps:
+            last = list(steps.values())[-1]
         self.estimator = estimator
-        self.is_classifier = hasattr(estimator, "predict_proba_one")
+        self.is_classifier = isinstance(last, base.Classifier)
 
     def clone(self) -> RiverModel:
         """Return an untrained copy (River's clone keeps the hyper-parameters)."""

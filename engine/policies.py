@@ -50,10 +50,12 @@ class ExplorationConfig:
     """softmax: P(a) ~ exp(score(a) / temperature)."""
     n_bootstrap: int = 10
     """thompson: bootstrap replicas per action."""
-    gamma: float = 50.0
+    gamma: float = 30.0
     """squarecb: greediness; larger exploits more."""
     gamma_exponent: float = 0.5
     """squarecb: gamma grows as gamma * (1 + t) ** gamma_exponent with t rewards learned."""
+    optimism: float = 0.0
+    """Bonus scale: with the ridge model, scores get + optimism * sqrt(x' A^-1 x) (LinUCB-style)."""
     min_propensity: float = 0.0
     """Floor on every eligible action's probability (capped at 1 / number of eligible actions)."""
 
@@ -71,6 +73,8 @@ class ExplorationConfig:
             raise ValueError(f"gamma: {self.gamma} must be > 0")
         if not 0.0 <= self.gamma_exponent <= 1.0:
             raise ValueError(f"gamma_exponent: {self.gamma_exponent} must be in [0, 1]")
+        if not 0.0 <= self.optimism <= 100.0:
+            raise ValueError(f"optimism: {self.optimism} must be in [0, 100]")
         if not 0.0 <= self.min_propensity <= 1.0:
             raise ValueError(f"min_propensity: {self.min_propensity} must be in [0, 1]")
 
@@ -78,7 +82,7 @@ class ExplorationConfig:
     def from_params(cls, kind: str, params: Mapping[str, float | int]) -> ExplorationConfig:
         """Build from a campaign's exploration kind and the parameters it gives."""
         known = {"epsilon", "temperature", "n_bootstrap", "gamma", "gamma_exponent"}
-        known.add("min_propensity")
+        known |= {"optimism", "min_propensity"}
         unknown = set(params) - known
         if unknown:
             raise ValueError(f"unknown exploration parameter(s): {', '.join(sorted(unknown))}")
@@ -91,6 +95,7 @@ class ExplorationConfig:
             "n_bootstrap": int(params.get("n_bootstrap", base.n_bootstrap)),
             "gamma": float(params.get("gamma", base.gamma)),
             "gamma_exponent": float(params.get("gamma_exponent", base.gamma_exponent)),
+            "optimism": float(params.get("optimism", base.optimism)),
             "min_propensity": float(params.get("min_propensity", base.min_propensity)),
         }
         return cls(
@@ -100,6 +105,7 @@ class ExplorationConfig:
             n_bootstrap=int(values["n_bootstrap"]),
             gamma=values["gamma"],
             gamma_exponent=values["gamma_exponent"],
+            optimism=values["optimism"],
             min_propensity=values["min_propensity"],
         )
 
