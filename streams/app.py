@@ -19,6 +19,7 @@ from faust.types import EventT
 
 from engine.campaign import Campaign
 from engine.clock import Clock, SystemClock
+from streams.dashboard import register_dashboard
 from streams.metrics import WorkerMetrics
 from streams.processor import Processor, Result, decode_pending
 from streams.settings import Settings
@@ -162,6 +163,7 @@ class KairosApp:
                 }
             )
 
+        register_dashboard(app, self.metrics)
         return app
 
     async def _handle(self, event: EventT[Any], rows: _TableRows) -> None:

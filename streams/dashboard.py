@@ -26,6 +26,7 @@ from streams.metrics import WorkerMetrics
 SAMPLE_INTERVAL_S = 1.0  # how often the Faust timer reads the registry
 RATE_WINDOW_S = 5.0  # rates are computed over the readings of the last few seconds
 HISTORY = 120  # readings kept in the ring buffer (about two minutes)
+MIN_GAP_S = 0.5  # a request within this time of the last stored reading is not stored again
 # Mean reward per campaign/action needs the reward *values*; kairos_rewards_total only counts
 # reward records by campaign and closed_by. When the worker defines this metric (a Summary or a
 # Histogram labelled campaign and action, observing each reward), the dashboard uses it.
@@ -160,7 +161,7 @@ class Sampler:
         self.ring = deque(maxlen=self.history)
 
     def sample(self, now: float | None = None) -> Readings:
-        """Read the registry, append the reading to the ring buffer, return the full readings."""
+        """Read the registry, store the reading in the ring buffer, return the full readings."""
         readings = read_registry(self.metrics.registry)
         self.ring.append(take_reading(readings, time.monotonic() if now is None else now))
         return readings
@@ -175,8 +176,11 @@ class Sampler:
 
     def data(self, now: float | None = None) -> dict[str, Any]:
         """The dashboard's figures: a fresh reading plus rates over the ring buffer."""
-        readings = self.sample(now)
-        latest = self.ring[-1]
+        readings = read_registry(self.metrics.registry)
+        latest = take_reading(readings, time.monotonic() if now is None else now)
+        # Many viewers must not flood the ring: store the reading only if the last is old enough.
+        if not self.ring or latest.t - self.ring[-1].t >= MIN_GAP_S:
+            self.ring.append(latest)
         start = self._window_start(latest)
         seconds = latest.t - start.t if start is not None else 0.0
         rates: dict[str, Any] = {"window_s": round(seconds, 3)}
@@ -337,6 +341,7 @@ def dashboard_html() -> str:
 def register_dashboard(app: faust.App, metrics: WorkerMetrics) -> None:
     """Add GET /dashboard and GET /dashboard/data to the worker's web server."""
     sampler = Sampler(metrics)
+    sampler.sample()  # a baseline, so the first interval's rate covers records before any timer
     html = dashboard_html()
 
     @app.page("/dashboard", name="kairos_dashboard")
