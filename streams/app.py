@@ -153,12 +153,11 @@ class KairosApp:
             data = self.states.get(customer_id.encode())
             if data is None:
                 return web.json({"error": "unknown customer"}, status=404)
-            import msgspec
 
             pending = decode_pending(self.pending.get(customer_id.encode()))
             return web.json(
                 {
-                    "state": msgspec.to_builtins(decode_state(data)),
+                    "state": _state_view(decode_state(data)),
                     "open_decisions": [o.decision.decision_id for o in pending.open],
                 }
             )
@@ -286,3 +285,12 @@ def _credentials(settings: Settings) -> Any:
             ssl_context=ssl_context,
         )
     return faust.SSLCredentials(ssl_context)
+
+
+def _state_view(state: Any) -> dict[str, Any]:
+    """A customer state as a JSON object with field names (the stored form is a compact array)."""
+    import msgspec
+
+    view = {name: getattr(state, name) for name in state.__struct_fields__}
+    view["recent_ids"] = len(state.recent_ids)
+    return dict(msgspec.to_builtins(view))

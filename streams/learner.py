@@ -15,12 +15,20 @@ import threading
 import time
 from collections.abc import Sequence
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from engine.bandit import ContextualBandit, SnapshotError
 from engine.campaign import Campaign
 from engine.decide import CampaignRuntime
 from schemas.codec import RecordError, decode_reward
+from streams.metrics import WorkerMetrics
 from streams.model_store import snapshot_key_bytes
 from streams.settings import Settings
 from streams.topics import consumer_config, producer_config
@@ -31,9 +39,15 @@ log = logging.getLogger("kairos.learner")
 class ModelFollower:
     """Background thread: apply each newer snapshot on the models topic to the worker's runtimes."""
 
-    def __init__(self, settings: Settings, runtimes: dict[str, CampaignRuntime]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        runtimes: dict[str, CampaignRuntime],
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.runtimes = runtimes
+        self.metrics = metrics
         self.applied = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kairos-model-follower", daemon=True)
@@ -69,6 +83,9 @@ class ModelFollower:
                 if bandit.version > runtime.bandit.version:
                     runtime.bandit = bandit  # one reference swap: decisions see old or new models
                     self.applied += 1
+                    if self.metrics is not None:
+                        self.metrics.snapshots.labels(direction="loaded").inc()
+                        self.metrics.model_version.labels(campaign=name).set(bandit.version)
         finally:
             consumer.close()
 
@@ -112,18 +129,24 @@ def run_learner(
                     log.warning("consumer error: %s", error)
             if time.monotonic() - last_publish >= settings.snapshot_interval_s:
                 _publish(settings, producer, runtimes, published, key)
-                consumer.commit(asynchronous=False) if published else None
+                _commit(consumer)
                 last_publish = time.monotonic()
     except KeyboardInterrupt:
         pass
     finally:
         _publish(settings, producer, runtimes, published, key)
-        try:
-            consumer.commit(asynchronous=False)
-        except Exception:  # nothing consumed yet: nothing to commit
-            log.debug("no offsets to commit")
+        _commit(consumer)
         consumer.close()
     return {name: r.bandit.version for name, r in runtimes.items()}
+
+
+def _commit(consumer: Consumer) -> None:
+    """Commit consumed offsets (after the snapshot holding their learning is out)."""
+    try:
+        consumer.commit(asynchronous=False)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError._NO_OFFSET:  # nothing consumed since the last commit
+            raise
 
 
 def _publish(

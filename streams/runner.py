@@ -38,7 +38,7 @@ def run_worker(settings: Settings) -> None:
     if settings.learning == "remote":
         from streams.learner import ModelFollower
 
-        ModelFollower(settings, kairos.processor.runtimes).start()
+        ModelFollower(settings, kairos.processor.runtimes, kairos.metrics).start()
     worker = Worker(
         kairos.app,
         loglevel=settings.log_level,
