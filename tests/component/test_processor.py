@@ -69,7 +69,9 @@ SOURCE = ("kairos.events.v1", 0, 0)
 
 
 def decisions_of(result: Result, settings: Settings) -> list[Any]:
-    return [decode_decision(o.value) for o in result.outputs if o.topic == settings.topics.decisions]
+    return [
+        decode_decision(o.value) for o in result.outputs if o.topic == settings.topics.decisions
+    ]
 
 
 def test_an_explicit_abandonment_yields_one_decision_and_a_replay_none(
@@ -106,9 +108,7 @@ def test_a_conversion_with_the_decision_id_is_rewarded_once_and_the_model_learns
     processor: Processor, clock: ManualClock
 ) -> None:
     rows = Rows()
-    result = rows.save(
-        processor.on_event(raw_event(clock, "c3", "cart_abandoned"), rows, SOURCE)
-    )
+    result = rows.save(processor.on_event(raw_event(clock, "c3", "cart_abandoned"), rows, SOURCE))
     decision = decisions_of(result, processor.settings)[0]
     version_before = processor.runtimes["cart_abandonment"].bandit.version
     outcome = orjson.dumps(
@@ -168,9 +168,7 @@ def test_an_unanswered_decision_gets_the_default_reward_when_its_window_closes(
     processor: Processor, clock: ManualClock
 ) -> None:
     rows = Rows()
-    result = rows.save(
-        processor.on_event(raw_event(clock, "c5", "cart_abandoned"), rows, SOURCE)
-    )
+    result = rows.save(processor.on_event(raw_event(clock, "c5", "cart_abandoned"), rows, SOURCE))
     decision = decisions_of(result, processor.settings)[0]
     window = (decision.attribution_deadline - decision.decided_ts).total_seconds()
     clock.advance(window + 1)
