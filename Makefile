@@ -20,6 +20,7 @@ demo: $(STAMP)
 
 ## test: lint, type-check, import contracts, then unit + component + integration tests on a real broker
 test: lint
+	bash deploy/install-test-deps.sh
 	$(WITH_KAFKA) $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
