@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 from faust.types import EventT
 
 from engine.campaign import Campaign
@@ -47,6 +48,7 @@ class KairosApp:
         self.ready = False
         self.started_at = time.monotonic()
         self._published_versions: dict[str, int] = {}
+        self._partition_counts: dict[str, int] = {}
         self._snapshot_key = settings.snapshot_key.encode() if settings.snapshot_key else None
         self._rebuild_timers = True
         self.app = self._build_faust_app()
@@ -91,6 +93,9 @@ class KairosApp:
             name: app.topic(name, **raw)
             for name in (names.decisions, names.rewards, names.dlq, names.models)
         }
+        # Re-routed records (wrong key or partition) go back to where they came from.
+        self.out_topics[names.events] = self.events_topic
+        self.out_topics[names.outcomes] = self.outcomes_topic
         self.states = app.Table(
             "customers", partitions=s.partitions, key_type=bytes, value_type=bytes
         )
@@ -170,17 +175,29 @@ class KairosApp:
         topic = message.topic
         source = (topic, message.partition, message.offset)
         value: bytes = event.value if isinstance(event.value, bytes) else b""
+        key = event.key if isinstance(event.key, bytes) else None
         names = self.settings.topics
-        if topic == names.events:
-            result = self.processor.on_event(value, rows, source)
-        elif topic == names.outcomes:
-            result = self.processor.on_outcome(value, rows, source)
-        else:
-            key = event.key
-            if not isinstance(key, bytes):
+        try:
+            if topic != names.ticks and key is not None and self._misplaced(key, message):
+                result = self.processor.reroute(value, source, key)
+            elif topic == names.events:
+                result = self.processor.on_event(value, rows, source, key)
+            elif topic == names.outcomes:
+                result = self.processor.on_outcome(value, rows, source, key)
+            elif key is not None:
+                result = self.processor.on_tick(key.decode(errors="replace"), rows)
+            else:
                 return
-            result = self.processor.on_tick(key.decode(), rows)
+        except Exception as exc:  # a bug must not stop the stream: dead-letter and go on
+            result = self.processor.processing_error(value, source, exc)
         await self._apply(result)
+
+    def _misplaced(self, key: bytes, message: Any) -> bool:
+        """True if a keyed record is not on the partition murmur2 gives its key (wrong partitioner)."""
+        partitions = self._partition_counts.get(message.topic)
+        if partitions is None:
+            partitions = self._partition_counts[message.topic] = self.settings.partitions
+        return bool((murmur2(key) & 0x7FFFFFFF) % partitions != message.partition)
 
     async def _apply(self, result: Result) -> None:
         if result.customer_id is not None:

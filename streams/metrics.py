@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 
 # Trigger-to-decision latency buckets in seconds: sub-millisecond to seconds.
 LATENCY_BUCKETS = (
@@ -74,6 +74,18 @@ class WorkerMetrics:
             "kairos_dead_letters_total",
             "Records sent to the dead-letter topic",
             ["reason"],
+            registry=r,
+        )
+        self.rerouted = Counter(
+            "kairos_rerouted_total",
+            "Records that arrived on the wrong partition for their customer and were re-sent",
+            ["topic"],
+            registry=r,
+        )
+        self.reward_value = Summary(
+            "kairos_reward_value",
+            "Reward of joined decisions, by campaign and action",
+            ["campaign", "action"],
             registry=r,
         )
         self.model_updates = Counter(

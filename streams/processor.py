@@ -153,8 +153,19 @@ class Processor:
 
     # ---- events -------------------------------------------------------------------------------
 
-    def on_event(self, raw: bytes, rows: CustomerRows, source: tuple[str, int, int]) -> Result:
-        """Validate an event, update the customer's state, and decide on the triggers it causes."""
+    def on_event(
+        self,
+        raw: bytes,
+        rows: CustomerRows,
+        source: tuple[str, int, int],
+        key: bytes | None = None,
+    ) -> Result:
+        """Validate an event, update the customer's state, and decide on the triggers it causes.
+
+        `key` is the Kafka record key when known: a record keyed by something other than its
+        customer id sits on the wrong partition for that customer's state, so it is sent back to
+        the topic under the right key instead of being applied here.
+        """
         now = self.clock.now()
         try:
             event = decode_event(raw)
@@ -167,6 +178,8 @@ class Processor:
         except RecordError as error:
             return self._dead_letter(raw, source, error)
         customer_id = event.customer_id
+        if key is not None and key != customer_id.encode():
+            return self._reroute(raw, source, customer_id)
         self.metrics.events_in.labels(type=event.type).inc()
         prev = _load_state(rows.state(customer_id))
         if prev is not None and is_duplicate(prev, event.event_id):
@@ -181,7 +194,13 @@ class Processor:
 
     # ---- outcomes -----------------------------------------------------------------------------
 
-    def on_outcome(self, raw: bytes, rows: CustomerRows, source: tuple[str, int, int]) -> Result:
+    def on_outcome(
+        self,
+        raw: bytes,
+        rows: CustomerRows,
+        source: tuple[str, int, int],
+        key: bytes | None = None,
+    ) -> Result:
         """Attach an outcome to its decision (by id, or by the customer's open window)."""
         now = self.clock.now()
         try:
@@ -189,6 +208,8 @@ class Processor:
         except RecordError as error:
             return self._dead_letter(raw, source, error)
         customer_id = outcome.customer_id
+        if key is not None and key != customer_id.encode():
+            return self._reroute(raw, source, customer_id)
         self.metrics.outcomes_in.labels(type=outcome.type).inc()
         pending = decode_pending(rows.pending(customer_id))
         if outcome.outcome_id in pending.outcome_ids:
@@ -334,6 +355,9 @@ class Processor:
         )
         closed_by = "expired" if expired else ("window" if now >= _deadline(item) else "outcome")
         self.metrics.rewards.labels(campaign=decision.campaign, closed_by=closed_by).inc()
+        self.metrics.reward_value.labels(
+            campaign=decision.campaign, action=decision.action_id
+        ).observe(reward)
         self.learn(record)
 
     def _finish(self, result: Result, state: CustomerState | None, pending: PendingSet) -> Result:
@@ -344,6 +368,23 @@ class Processor:
         result.pending = encode_pending(pending)
         result.next_due = min(due_times) if due_times else None
         return result
+
+    def reroute(self, raw: bytes, source: tuple[str, int, int], key: bytes) -> Result:
+        """Send a record that arrived on the wrong partition back to its topic, partitioned right."""
+        self.metrics.rerouted.labels(topic=source[0]).inc()
+        return Result(None, outputs=[Output(source[0], key, raw)])
+
+    def _reroute(self, raw: bytes, source: tuple[str, int, int], customer_id: str) -> Result:
+        log.warning(
+            "record on %s keyed by something other than its customer id: re-keyed", source[0]
+        )
+        return self.reroute(raw, source, customer_id.encode())
+
+    def processing_error(self, raw: bytes, source: tuple[str, int, int], exc: Exception) -> Result:
+        """Dead-letter a record whose processing raised: the worker goes on with the next one."""
+        log.exception("processing failed for %s[%d]@%d", *source)
+        error = RecordError("processing_error", f"{type(exc).__name__}: {exc}"[:500])
+        return self._dead_letter(raw, source, error)
 
     def _dead_letter(self, raw: bytes, source: tuple[str, int, int], error: RecordError) -> Result:
         self.metrics.dead_letters.labels(reason=error.reason).inc()

@@ -207,3 +207,24 @@ def test_an_outcome_for_an_unknown_decision_is_dead_lettered(
     )
     result = processor.on_outcome(outcome, rows, ("kairos.outcomes.v1", 0, 7))
     assert orjson.loads(result.outputs[0].value)["reason"] == "unknown_decision"
+
+
+def test_an_event_keyed_by_another_id_is_sent_back_under_its_customer_id(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = Rows()
+    raw = raw_event(clock, "c7", "cart_abandoned")
+    result = processor.on_event(raw, rows, SOURCE, key=b"session-42")
+    assert result.customer_id is None and rows.states == {}
+    assert [(o.topic, o.key, o.value) for o in result.outputs] == [(SOURCE[0], b"c7", raw)]
+    # Under the right key it is processed.
+    assert decisions_of(processor.on_event(raw, rows, SOURCE, key=b"c7"), processor.settings)
+
+
+def test_a_failure_inside_processing_is_dead_lettered_with_its_cause(
+    processor: Processor,
+) -> None:
+    result = processor.processing_error(b"{}", ("t", 0, 5), RuntimeError("boom"))
+    letter = orjson.loads(result.outputs[0].value)
+    assert letter["reason"] == "processing_error"
+    assert "boom" in letter["detail"]
