@@ -70,7 +70,8 @@ def test_rates_shares_and_tables_follow_the_counters() -> None:
     assert data["rewards"] == [{"campaign": "cart", "closed_by": "expired", "count": 3.0}]
     assert data["dead_letters"] == [{"reason": "bad_json", "count": 2.0}]
     assert data["models"] == [{"campaign": "cart", "version": 7.0, "updates": 0.0}]
-    assert data["missing"] and all(a["mean_reward"] is None for a in data["actions"])
+    # No reward observed yet: no mean to show.
+    assert all(a["mean_reward"] is None for a in data["actions"])
     # Only readings inside the window count: 4 decisions in the 2 s after the 104 s reading.
     _decide(m, "cart", "email", 4)
     sampler.data(now=111.0)
@@ -82,10 +83,9 @@ def test_rates_shares_and_tables_follow_the_counters() -> None:
 
 
 def test_mean_reward_is_used_when_the_worker_defines_the_reward_value_metric() -> None:
-    from prometheus_client import Summary
-
     m = WorkerMetrics()
-    reward = Summary(REWARD_VALUE_METRIC, "reward", ["campaign", "action"], registry=m.registry)
+    reward = m.reward_value
+    assert reward._name == REWARD_VALUE_METRIC
     _decide(m, "cart", "email", 2)
     reward.labels(campaign="cart", action="email").observe(1.0)
     reward.labels(campaign="cart", action="email").observe(0.0)
