@@ -140,6 +140,56 @@ def campaigns(
         )
 
 
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help=".jsonl, or .parquet (pyarrow).")],
+    campaign: Annotated[str | None, typer.Option(help="Only this campaign.")] = None,
+    timeout: Annotated[float, typer.Option(help="Give up after this many idle seconds.")] = 10.0,
+) -> None:
+    """Write the rewards log (decisions joined with rewards) to JSON lines or Parquet."""
+    from streams.export_command import run_export
+
+    raise typer.Exit(run_export(_settings(), output, campaign, timeout, console))
+
+
+@app.command()
+def evaluate(
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--input", "-i", help="File from `kairos export` (default: the rewards topic)."
+        ),
+    ] = None,
+    campaign: Annotated[
+        str | None, typer.Option(help="Logged campaign (needed if several).")
+    ] = None,
+    candidate: Annotated[
+        Path | None, typer.Option(help="Campaign TOML of the candidate policy.")
+    ] = None,
+    exploration: Annotated[
+        str | None, typer.Option(help="e.g. kind=softmax,temperature=0.05")
+    ] = None,
+    snapshot: Annotated[
+        Path | None, typer.Option(help="Model snapshot file (else: trained on older records).")
+    ] = None,
+    train_share: Annotated[float, typer.Option(help="Oldest share of records to train on.")] = 0.5,
+    clip: Annotated[float, typer.Option(help="Floor on logged propensities.")] = 0.0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (0: normal intervals).")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    html: Annotated[Path | None, typer.Option(help="Write an HTML report here.")] = None,
+) -> None:
+    """Estimate a candidate policy's value on the logged decisions (IPS, SNIPS, DM, DR)."""
+    from streams.evaluate_command import run_evaluate
+
+    raise typer.Exit(
+        run_evaluate(
+            _settings(), console, source=source, campaign_name=campaign, candidate_file=candidate,
+            exploration=exploration, snapshot_file=snapshot, train_share=train_share, clip=clip,
+            bootstrap=bootstrap, seed=seed, html_path=html,
+        )
+    )  # fmt: skip
+
+
 def main() -> None:
     """Entry point for `python -m streams.cli`."""
     logging.basicConfig(level=logging.WARNING)
