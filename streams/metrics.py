@@ -106,6 +106,21 @@ class WorkerMetrics:
             ["state"],
             registry=r,
         )
+        self.policy_value = Gauge(
+            "kairos_policy_value_snips",
+            "Running self-normalised IPS value of the greedy policy on closed rewards",
+            ["campaign"],
+            registry=r,
+        )
+        self.min_propensity = Gauge(
+            "kairos_min_propensity", "Smallest logged propensity seen", ["campaign"], registry=r
+        )
+        self.policy_ess = Gauge(
+            "kairos_policy_ess",
+            "Effective sample size of the running policy-value estimate",
+            ["campaign"],
+            registry=r,
+        )
         self.pending_timers = Gauge(
             "kairos_pending_timers", "Timers and attribution deadlines indexed", registry=r
         )

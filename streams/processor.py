@@ -18,6 +18,7 @@ import msgspec
 from engine.campaign import Campaign
 from engine.clock import Clock
 from engine.decide import CampaignRuntime, decision_id
+from engine.evaluation import PolicyValueMonitor
 from engine.rewards import reward_of
 from engine.state import (
     CustomerState,
@@ -150,6 +151,7 @@ class Processor:
                 self._by_trigger.setdefault(trigger_type, []).append(runtime)
         self._on_learn = on_learn
         self._topics = settings.topics
+        self.value_monitors = {name: PolicyValueMonitor() for name in self.runtimes}
 
     # ---- events -------------------------------------------------------------------------------
 
@@ -358,6 +360,14 @@ class Processor:
         self.metrics.reward_value.labels(
             campaign=decision.campaign, action=decision.action_id
         ).observe(reward)
+        monitor = self.value_monitors.get(decision.campaign)
+        if monitor is not None and not decision.holdout:
+            monitor.update(record)
+            self.metrics.policy_value.labels(campaign=decision.campaign).set(monitor.snips)
+            self.metrics.min_propensity.labels(campaign=decision.campaign).set(
+                monitor.min_propensity
+            )
+            self.metrics.policy_ess.labels(campaign=decision.campaign).set(monitor.ess)
         self.learn(record)
 
     def _finish(self, result: Result, state: CustomerState | None, pending: PendingSet) -> Result:
