@@ -190,6 +190,25 @@ def evaluate(
     )  # fmt: skip
 
 
+@app.command()
+def simulate(
+    customers: Annotated[int, typer.Option(help="Simulated customers.")] = 2000,
+    decisions: Annotated[int, typer.Option(help="Decisions per policy.")] = 20000,
+    seed: Annotated[int, typer.Option(help="Seed of population, behaviour and policies.")] = 0,
+    kafka: Annotated[
+        bool, typer.Option("--kafka", help="Through the broker and a worker, not in process.")
+    ] = False,
+    policy: Annotated[
+        list[str] | None, typer.Option("--policy", "-p", help="Only these policies. Repeatable.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="HTML report path.")] = None,
+) -> None:
+    """Simulated customers: does Kairos learn who wants what? Kairos vs baselines, HTML report."""
+    from streams.simulate_command import simulate_command
+
+    simulate_command(customers, decisions, seed, kafka, policy, out, console, _settings)
+
+
 def main() -> None:
     """Entry point for `python -m streams.cli`."""
     logging.basicConfig(level=logging.WARNING)
