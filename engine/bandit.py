@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from engine.models import FeatureIndex, RewardModel, RidgeModel, make_prototype
-from engine.policies import Choice, ExplorationConfig, choose, greedy_actions
+from engine.policies import Choice, ExplorationConfig, bonus, choose, greedy_actions
 from engine.snapshot import SnapshotError, pack, unpack
 
 __all__ = [
@@ -138,16 +138,31 @@ class ContextualBandit:
         models: Mapping[str, RewardModel],
         features: Mapping[str, float],
         ids: Sequence[str],
-        bonus: float = 0.0,
+        optimistic: bool = False,
     ) -> dict[str, float]:
-        """Predict with each listed action's model (plus an optimism bonus for ridge models)."""
+        """Predict with each listed action's model (plus the optimism bonus for ridge models)."""
         if self._index is not None:
             vec = self._index.encode(features)
             ridge: Mapping[str, RidgeModel] = models  # type: ignore[assignment]
-            if bonus > 0.0:
+            config = self.exploration
+            if optimistic and config.optimism > 0.0 and config.kind == "optimistic":
+                scale = config.optimism
+                log1p = math.log1p
+                out: dict[str, float] = {}
+                for a in ids:
+                    mean, variance = ridge[a].predict_and_variance(vec)
+                    if a != self.baseline_action and variance > 0.0:
+                        mean += scale * log1p(variance)
+                    out[a] = mean
+                return out
+            if optimistic and config.optimism > 0.0:
                 return {
                     a: ridge[a].predict_vector(vec)
-                    + (0.0 if a == self.baseline_action else bonus * ridge[a].width_vector(vec))
+                    + (
+                        0.0
+                        if a == self.baseline_action
+                        else bonus(config, ridge[a].variance_vector(vec))
+                    )
                     for a in ids
                 }
             return {a: ridge[a].predict_vector(vec) for a in ids}
@@ -187,6 +202,18 @@ class ContextualBandit:
         objective: Objective = "reward",
     ) -> Choice:
         """Score the eligible actions, build the policy's distribution and draw one action."""
+        return self._choose(features, eligible, rng, costs, objective, optimistic=True)
+
+    def _choose(
+        self,
+        features: Mapping[str, float],
+        eligible: Sequence[str],
+        rng: random.Random,
+        costs: Mapping[str, float] | None,
+        objective: Objective,
+        optimistic: bool,
+    ) -> Choice:
+        """Choose, with or without the optimism bonus in the scores."""
         ids = self._check_eligible(eligible)
         if not ids:
             raise ValueError("no eligible action")
@@ -196,7 +223,7 @@ class ContextualBandit:
         if objective == "uplift" and baseline is None:
             raise ValueError("the uplift objective needs a baseline_action")
         need = ids if baseline is None or baseline in ids else [*ids, baseline]
-        preds = self._predict_all(self._models, features, need, self.exploration.optimism)
+        preds = self._predict_all(self._models, features, need, optimistic)
         base = preds[baseline] if objective == "uplift" and baseline is not None else 0.0
         scores = self._objective(preds, ids, costs, objective, base)
         replica_scores: list[dict[str, float]] | None = None
@@ -216,8 +243,8 @@ class ContextualBandit:
         costs: Mapping[str, float] | None = None,
         objective: Objective = "reward",
     ) -> str:
-        """Return the first best-scoring eligible action (no exploration): for evaluation."""
-        choice = self.choose(features, eligible, random.Random(0), costs, objective)
+        """Return the first best-scoring eligible action (no exploration, no bonus): for evaluation."""
+        choice = self._choose(features, eligible, random.Random(0), costs, objective, False)
         return greedy_actions(choice.scores, list(choice.scores))[0]
 
     # ---- learning ----------------------------------------------------------------------------

@@ -144,11 +144,27 @@ class RidgeModel:
         """Return the expected reward in this context."""
         return self.predict_vector(self.index.encode(features))
 
+    def variance_vector(self, vec: FloatArray) -> float:
+        """Return x' A^-1 x for an encoded context (features not yet learned keep their prior)."""
+        n = self.w.shape[0]
+        if vec.shape[0] > n:
+            v = vec[:n]
+            rest = vec[n:]
+            extra = float(rest @ rest) / self.l2
+        else:
+            v = vec
+            extra = 0.0
+        return max(float(v @ (self.a_inv @ v)) + extra, 0.0)
+
+    def predict_and_variance(self, vec: FloatArray) -> tuple[float, float]:
+        """Return the prediction and x' A^-1 x in one pass (the optimistic policy's fast path)."""
+        if vec.shape[0] != self.w.shape[0]:
+            return self.predict_vector(vec), self.variance_vector(vec)
+        return float(self.w.dot(vec)), float(vec.dot(self.a_inv.dot(vec)))
+
     def width_vector(self, vec: FloatArray) -> float:
         """Return the confidence width sqrt(x' A^-1 x) of an encoded context (for optimism)."""
-        n = self.w.shape[0]
-        v = vec[:n] if vec.shape[0] > n else vec
-        return math.sqrt(max(float(v @ self.a_inv @ v), 0.0))
+        return math.sqrt(self.variance_vector(vec))
 
     def learn_vector(self, vec: FloatArray, reward: float, weight: float = 1.0) -> None:
         """Update with an encoded context (Sherman-Morrison rank-one update of the inverse)."""

@@ -7,9 +7,13 @@ rest, and one uniform draw from the caller's `random.Random` picks the action by
 the order of `eligible`: deterministic given the seed.
 
 Policies: epsilon-greedy, softmax (temperature), bootstrap Thompson sampling (a replica chosen
-uniformly, then its argmax: P(a) is the share of replicas whose argmax is a, ties split evenly)
-and SquareCB (inverse-gap weighting, Foster & Rakhlin 2020, with gamma optionally growing as
-gamma * (1 + t) ** gamma_exponent with the number of rewards learned t).
+uniformly, then its argmax: P(a) is the share of replicas whose argmax is a, ties split evenly),
+SquareCB (inverse-gap weighting, Foster & Rakhlin 2020, with gamma optionally growing as
+gamma * (1 + t) ** gamma_exponent with the number of rewards learned t) and "optimistic", the
+default: the same inverse-gap weighting, but over optimistic scores (the bandit adds
+optimism * log(1 + x' A^-1 x), the information gain of trying the action, from the ridge model's
+inverse covariance) and with a much greedier gamma, so exploration is directed at the actions
+the model knows least about while every action keeps a logged, positive propensity.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "KIND_DEFAULTS",
     "POLICY_KINDS",
     "Choice",
     "ExplorationConfig",
     "apply_floor",
+    "bonus",
     "choose",
     "distribution",
     "epsilon_greedy",
@@ -35,34 +41,44 @@ __all__ = [
     "thompson",
 ]
 
-PolicyKind = Literal["epsilon_greedy", "softmax", "thompson", "squarecb"]
-POLICY_KINDS: tuple[str, ...] = ("epsilon_greedy", "softmax", "thompson", "squarecb")
+PolicyKind = Literal["epsilon_greedy", "softmax", "thompson", "squarecb", "optimistic"]
+POLICY_KINDS: tuple[str, ...] = ("epsilon_greedy", "softmax", "thompson", "squarecb", "optimistic")
+
+KIND_DEFAULTS: Mapping[str, Mapping[str, float]] = {
+    "optimistic": {"gamma": 1000.0, "optimism": 0.5},
+}
+"""Per-kind defaults of gamma and optimism where they differ from squarecb's 30 and 0."""
+_BASE_DEFAULTS: Mapping[str, float] = {"gamma": 30.0, "optimism": 0.0}
 
 
 @dataclass(frozen=True, slots=True)
 class ExplorationConfig:
     """How the bandit explores; unused parameters of the other kinds are ignored."""
 
-    kind: PolicyKind = "squarecb"
+    kind: PolicyKind = "optimistic"
     epsilon: float = 0.1
     """epsilon_greedy: share of decisions spread uniformly over the eligible actions."""
     temperature: float = 0.1
     """softmax: P(a) ~ exp(score(a) / temperature)."""
     n_bootstrap: int = 10
     """thompson: bootstrap replicas per action."""
-    gamma: float = 30.0
-    """squarecb: greediness; larger exploits more."""
+    gamma: float = math.nan
+    """squarecb/optimistic: greediness, larger exploits more (NaN: the kind's default, 30/1000)."""
     gamma_exponent: float = 0.5
-    """squarecb: gamma grows as gamma * (1 + t) ** gamma_exponent with t rewards learned."""
-    optimism: float = 0.0
-    """Bonus scale: with the ridge model, scores get + optimism * sqrt(x' A^-1 x) (LinUCB-style)."""
+    """squarecb/optimistic: gamma grows as gamma * (1 + t) ** gamma_exponent, t rewards learned."""
+    optimism: float = math.nan
+    """Bonus scale (NaN: the kind's default, 0.5 for optimistic, else 0); see `bonus`."""
     min_propensity: float = 0.0
     """Floor on every eligible action's probability (capped at 1 / number of eligible actions)."""
 
     def __post_init__(self) -> None:
-        """Reject out-of-range parameters early, naming the field."""
+        """Fill in the kind's defaults, then reject out-of-range parameters, naming the field."""
         if self.kind not in POLICY_KINDS:
             raise ValueError(f"kind: {self.kind!r} must be one of {', '.join(POLICY_KINDS)}")
+        defaults = KIND_DEFAULTS.get(self.kind, _BASE_DEFAULTS)
+        for name in ("gamma", "optimism"):
+            if math.isnan(getattr(self, name)):
+                object.__setattr__(self, name, defaults[name])
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"epsilon: {self.epsilon} must be in [0, 1]")
         if not self.temperature > 0.0:
@@ -235,6 +251,21 @@ def sample(probs: Mapping[str, float], eligible: Sequence[str], rng: random.Rand
     return last
 
 
+def bonus(config: ExplorationConfig, variance: float) -> float:
+    """Return the optimism bonus for a confidence variance x' A^-1 x under this config.
+
+    Kind "optimistic": optimism * log(1 + variance), the information gain of observing the
+    action's reward, which falls like the variance once it is small but grows only
+    logarithmically when it is large (many features, few rewards). Other kinds: the LinUCB width
+    optimism * sqrt(variance).
+    """
+    if config.optimism <= 0.0:
+        return 0.0
+    if config.kind == "optimistic":
+        return config.optimism * math.log1p(variance)
+    return config.optimism * math.sqrt(variance)
+
+
 def distribution(
     config: ExplorationConfig,
     scores: Mapping[str, float],
@@ -249,7 +280,7 @@ def distribution(
         probs = epsilon_greedy(scores, eligible, config.epsilon)
     elif config.kind == "softmax":
         probs = softmax(scores, eligible, config.temperature)
-    elif config.kind == "squarecb":
+    elif config.kind in ("squarecb", "optimistic"):
         gamma = config.gamma * (1.0 + t) ** config.gamma_exponent
         probs = squarecb(scores, eligible, gamma)
     else:

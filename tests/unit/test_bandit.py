@@ -51,7 +51,8 @@ def test_learn_updates_only_that_action() -> None:
 
 def test_costs_and_uplift_objective() -> None:
     """reward - cost; uplift = pred - pred(baseline) - cost with the baseline at 0."""
-    bandit = ContextualBandit(ACTIONS, baseline_action="none")
+    config = ExplorationConfig(optimism=0.0)  # scores without the exploration bonus
+    bandit = ContextualBandit(ACTIONS, config, baseline_action="none")
     for _ in range(200):
         bandit.learn("none", {}, 0.3)
         bandit.learn("email", {}, 0.35)
@@ -208,3 +209,34 @@ def test_optimism_favours_the_less_explored_action() -> None:
     assert choice.action_id == "b"
     plain = ContextualBandit.restore(bandit.snapshot())
     assert plain.exploration.optimism == 1.0
+
+
+def test_default_directs_exploration_and_greedy_ignores_the_bonus() -> None:
+    """The default bonus ranks the rarely tried action first; greedy() uses predictions only."""
+    bandit = ContextualBandit(["a", "b"])
+    assert bandit.exploration.kind == "optimistic"
+    for _ in range(50):
+        bandit.learn("a", {"x": 1.0}, 0.2)
+    bandit.learn("b", {"x": 1.0}, 0.0)
+    choice = bandit.choose({"x": 1.0}, ["a", "b"], random.Random(0))
+    assert choice.scores["b"] > choice.scores["a"]
+    assert choice.probabilities["b"] > choice.probabilities["a"] > 0.0
+    assert bandit.greedy({"x": 1.0}, ["a", "b"]) == "a"
+
+
+def test_snapshot_of_a_previous_default_restores_unchanged() -> None:
+    """A squarecb snapshot (the old default, gamma 30) restores as squarecb with gamma 30."""
+    import msgspec
+
+    from engine.snapshot import pack, unpack
+
+    old = ContextualBandit(ACTIONS, ExplorationConfig(kind="squarecb"), seed=4)
+    _train(old, 30, seed=4)
+    body = msgspec.msgpack.decode(unpack(old.snapshot())[0])
+    assert body["exploration_kind"] == "squarecb"
+    assert (body["exploration"]["gamma"], body["exploration"]["optimism"]) == (30.0, 0.0)
+    restored = ContextualBandit.restore(pack(msgspec.msgpack.encode(body)))
+    assert restored.exploration == ExplorationConfig(kind="squarecb", gamma=30.0, optimism=0.0)
+    body["exploration_kind"] = "no_such_kind"
+    with pytest.raises(SnapshotError, match="kind"):
+        ContextualBandit.restore(pack(msgspec.msgpack.encode(body)))

@@ -127,3 +127,19 @@ def test_make_prototype_by_name(name: str) -> None:
     assert model.predict({"x": 1.0}) > 0.0
     with pytest.raises(ValueError, match="unknown model"):
         make_prototype("gbm")
+
+
+def test_variance_matches_the_inverse_and_keeps_the_prior_of_unlearned_features() -> None:
+    """x' A^-1 x equals the closed form; an untrained clone uses the prior for every feature."""
+    rng = np.random.default_rng(1)
+    model = RidgeModel(l2=2.0)
+    rows = rng.normal(size=(20, 2))
+    for row in rows:
+        model.learn({"a": row[0], "b": row[1]}, 1.0)
+    design = np.hstack([np.ones((20, 1)), rows])
+    a_inv = np.linalg.inv(2.0 * np.eye(3) + design.T @ design)
+    vec = model.index.encode({"a": 0.5, "b": -1.0})
+    assert model.variance_vector(vec) == pytest.approx(float(vec @ a_inv @ vec))
+    assert model.width_vector(vec) == pytest.approx(float(vec @ a_inv @ vec) ** 0.5)
+    fresh = model.clone()  # dimension 1: it has not grown into "a" and "b" yet
+    assert fresh.variance_vector(vec) == pytest.approx((1.0 + 0.25 + 1.0) / 2.0)

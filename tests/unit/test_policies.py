@@ -13,6 +13,7 @@ from engine.policies import (
     POLICY_KINDS,
     ExplorationConfig,
     apply_floor,
+    bonus,
     choose,
     distribution,
     epsilon_greedy,
@@ -176,6 +177,8 @@ def test_config_validation_and_from_params() -> None:
         ExplorationConfig(epsilon=1.5)
     with pytest.raises(ValueError, match="kind"):
         ExplorationConfig.from_params("ucb", {})
+    with pytest.raises(ValueError, match="gamma"):
+        ExplorationConfig(gamma=0.0)
     with pytest.raises(ValueError, match="unknown"):
         ExplorationConfig.from_params("softmax", {"tau": 1.0})
     config = ExplorationConfig.from_params("thompson", {"n_bootstrap": 4, "min_propensity": 0.02})
@@ -186,3 +189,46 @@ def test_no_eligible_action_is_an_error() -> None:
     """An empty eligible list cannot be decided."""
     with pytest.raises(ValueError, match="no eligible"):
         distribution(ExplorationConfig(), {}, [])
+
+
+def test_default_is_optimistic_with_its_own_defaults() -> None:
+    """The default kind is optimistic (gamma 1000, optimism 0.5); other kinds keep theirs."""
+    config = ExplorationConfig()
+    assert (config.kind, config.gamma, config.gamma_exponent, config.optimism) == (
+        "optimistic",
+        1000.0,
+        0.5,
+        0.5,
+    )
+    assert ExplorationConfig.from_params("optimistic", {}) == config
+    for kind in ("epsilon_greedy", "softmax", "thompson", "squarecb"):
+        other = ExplorationConfig.from_params(kind, {})
+        assert (other.gamma, other.optimism) == (30.0, 0.0)
+    tuned = ExplorationConfig.from_params("optimistic", {"gamma": 50.0, "optimism": 0.0})
+    assert (tuned.gamma, tuned.optimism) == (50.0, 0.0)
+
+
+def test_optimistic_is_inverse_gap_weighting_with_its_gamma() -> None:
+    """Over given scores, optimistic is squarecb with gamma_t = gamma * (1 + t) ** exponent."""
+    scores = {"a": 1.0, "b": 0.5, "c": 0.0}
+    config = ExplorationConfig(gamma=100.0)
+    assert distribution(config, scores, list(scores), t=3) == pytest.approx(
+        squarecb(scores, list(scores), 100.0 * 4.0**0.5)
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    variance=st.floats(min_value=0.0, max_value=1e6, allow_nan=False),
+    more=st.floats(min_value=0.0, max_value=1e6, allow_nan=False),
+    scale=st.floats(min_value=0.0, max_value=100.0, allow_nan=False),
+)
+def test_bonus_shapes(variance: float, more: float, scale: float) -> None:
+    """optimistic: scale * log(1 + v), non-negative and monotone; other kinds: scale * sqrt(v)."""
+    opt = ExplorationConfig(optimism=scale)
+    b1, b2 = bonus(opt, variance), bonus(opt, variance + more)
+    assert 0.0 <= b1 <= b2
+    assert b1 == pytest.approx(scale * math.log1p(variance))
+    assert b1 <= scale * variance + 1e-12  # never above the variance-proportional bonus
+    lin = ExplorationConfig(kind="squarecb", optimism=scale)
+    assert bonus(lin, variance) == pytest.approx(scale * math.sqrt(variance))
