@@ -1,0 +1,298 @@
+"""One rate step: run the paced load in a child process, read the output topic, and summarise latency.
+
+The measuring consumer runs in this (the parent) process; the load generator in a spawned child,
+so pacing does not depend on how busy the reader is. Latency is the reader's ``time.time_ns()``
+when a record arrives minus the send time the load generator embedded in the triggering event.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from bench._paced_load import LoadReport, LoadSpec, load_process_main, make_event, sent_ns_of
+from bench._proc_stats import CpuMeter
+from streams.settings import Settings
+from streams.topics import consumer_config, producer_config
+
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+@dataclass
+class Arrival:
+    """An output record as read: when its trigger was sent, when it arrived, why it was decided."""
+
+    sent_ns: int
+    recv_ns: int
+    reason: str = ""
+
+
+class OutputReader:
+    """Reads an output topic and pairs each record with the send time of its trigger."""
+
+    def __init__(self, settings: Settings, topic: str, id_field: str) -> None:
+        self.id_field = id_field
+        self.consumer = Consumer(
+            consumer_config(
+                settings, f"bench-reader-{uuid.uuid4().hex[:8]}", **{"fetch.wait.max.ms": 5}
+            )
+        )
+        self.consumer.subscribe([topic])
+        self.foreign = 0
+
+    def read(self, timeout_s: float) -> list[Arrival]:
+        """Whatever arrives within timeout_s (returns as soon as a batch is there)."""
+        # poll() returns as soon as one record is there; consume(timeout=0) then takes what else is
+        # buffered without waiting (consume with a timeout waits for the whole batch or the timeout).
+        first = self.consumer.poll(timeout_s)
+        if first is None:
+            return []
+        recv_ns = time.time_ns()
+        messages = [first, *self.consumer.consume(num_messages=1000, timeout=0)]
+        out: list[Arrival] = []
+        for message in messages:
+            if message.error():
+                continue
+            record: dict[str, Any] = orjson.loads(message.value() or b"{}")
+            sent = sent_ns_of(str(record.get(self.id_field, "")))
+            if sent is None:
+                self.foreign += 1
+                continue
+            out.append(Arrival(sent, recv_ns, str(record.get("reason", ""))))
+        return out
+
+    def close(self) -> None:
+        """Leave the group."""
+        self.consumer.close()
+
+
+class LagProbe:
+    """Consumer lag of a group on a topic: high watermark minus committed offset, summed."""
+
+    def __init__(self, settings: Settings, group: str, topic: str, partitions: int) -> None:
+        self.consumer = Consumer(
+            {**settings.confluent_config(), "group.id": group, "enable.auto.commit": False}
+        )
+        self.partitions = [TopicPartition(topic, p) for p in range(partitions)]
+
+    def lag(self) -> int | None:
+        """Records not yet committed by the group, or None when the broker did not answer."""
+        try:
+            committed = self.consumer.committed(self.partitions, timeout=2.0)
+            total = 0
+            for tp in committed:
+                low, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=2.0, cached=False
+                )
+                total += high - (tp.offset if tp.offset >= 0 else low)
+            return total
+        except Exception:
+            return None
+
+    def close(self) -> None:
+        """Release the client."""
+        self.consumer.close()
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (q in 0..100)."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, min(len(sorted_values), round(q / 100.0 * len(sorted_values) + 0.5)))
+    return sorted_values[rank - 1]
+
+
+@dataclass
+class StepResult:
+    """The measured part of one rate step."""
+
+    system: str
+    mix: str
+    rate: float
+    load: LoadReport
+    count: int = 0
+    p50_ms: float = float("nan")
+    p95_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    max_ms: float = float("nan")
+    last_s_p50_ms: float = float("nan")
+    cpu: dict[str, float] = field(default_factory=dict)
+    max_lag: int | None = None
+    end_lag: int | None = None
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def outputs_per_trigger(self) -> float:
+        """Output records per trigger sent in the measured window (1.0 when none is lost)."""
+        return self.count / self.load.measured_triggers if self.load.measured_triggers else 0.0
+
+    def keeps_up(self, max_p99_ms: float = 500.0) -> bool:
+        """Kept up: the generator held the rate, nothing was lost, and latency stayed bounded."""
+        return (
+            not self.load.error
+            and self.load.achieved_rate >= 0.95 * self.rate
+            and self.outputs_per_trigger >= 0.99
+            and self.p99_ms < max_p99_ms
+        )
+
+
+@dataclass
+class StepContext:
+    """What every step of one system shares."""
+
+    settings: Settings
+    system: str
+    input_topic: str
+    reader: OutputReader
+    cpu_pids: dict[str, int]
+    lag: LagProbe | None = None
+    customers: int = 100_000
+    seed: int = 0
+    refresh_pids: Callable[[], dict[str, int]] | None = None
+
+
+def run_step(
+    ctx: StepContext, rate: float, mix: str, warmup_s: float, measure_s: float
+) -> StepResult:
+    """Offer `rate` events/s for warmup_s + measure_s and measure the records sent after warm-up."""
+    ctx.seed += 1
+    spec = LoadSpec(
+        producer_config=producer_config(ctx.settings),
+        topic=ctx.input_topic,
+        rate=rate,
+        duration_s=warmup_s + measure_s,
+        mix=mix,
+        customers=ctx.customers,
+        seed=ctx.seed,
+        warmup_s=warmup_s,
+    )
+    results: Any = _SPAWN.Queue()
+    process = _SPAWN.Process(target=load_process_main, args=(spec, results), daemon=True)
+    process.start()
+    if ctx.refresh_pids is not None:
+        ctx.cpu_pids.update(ctx.refresh_pids())
+    meter = CpuMeter({**ctx.cpu_pids, "loadgen": process.pid or 0})
+    meter.start()
+    arrivals: list[Arrival] = []
+    lags: list[int] = []
+    next_lag = time.monotonic() + 1.0
+    report: LoadReport | None = None
+    cpu: dict[str, float] = {}
+    deadline = time.monotonic() + warmup_s + measure_s + 60.0
+    while report is None and time.monotonic() < deadline:
+        arrivals.extend(ctx.reader.read(0.02))
+        if ctx.lag is not None and time.monotonic() >= next_lag:
+            next_lag += 1.0
+            value = ctx.lag.lag()
+            if value is not None:
+                lags.append(value)
+        try:
+            report = results.get_nowait()
+        except queue.Empty:
+            continue
+    cpu = meter.stop()
+    process.join(10)
+    if report is None:
+        report = LoadReport(error="load generator did not report")
+    end_lag = ctx.lag.lag() if ctx.lag is not None else None
+    # Drain: keep reading until the outputs of every measured trigger are in, or 8 s pass quietly.
+    measure_from = report.started_ns + int(warmup_s * 1e9)
+    drain_until = time.monotonic() + 8.0
+    quiet_since = time.monotonic()
+    while time.monotonic() < drain_until:
+        batch = ctx.reader.read(0.05)
+        if batch:
+            arrivals.extend(batch)
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 1.5:
+            break
+    return summarise(ctx.system, mix, rate, report, arrivals, measure_from, cpu, lags, end_lag)
+
+
+def summarise(
+    system: str,
+    mix: str,
+    rate: float,
+    report: LoadReport,
+    arrivals: list[Arrival],
+    measure_from: int,
+    cpu: dict[str, float],
+    lags: list[int],
+    end_lag: int | None,
+) -> StepResult:
+    """Latency percentiles of the arrivals whose trigger was sent inside the measured window."""
+    window = [a for a in arrivals if measure_from <= a.sent_ns <= report.finished_ns]
+    lat = sorted((a.recv_ns - a.sent_ns) / 1e6 for a in window)
+    last = sorted(
+        (a.recv_ns - a.sent_ns) / 1e6
+        for a in window
+        if a.sent_ns >= report.finished_ns - 1_000_000_000
+    )
+    return StepResult(
+        system=system,
+        mix=mix,
+        rate=rate,
+        load=report,
+        count=len(window),
+        p50_ms=percentile(lat, 50),
+        p95_ms=percentile(lat, 95),
+        p99_ms=percentile(lat, 99),
+        max_ms=lat[-1] if lat else float("nan"),
+        last_s_p50_ms=percentile(last, 50),
+        cpu=cpu,
+        max_lag=max(lags) if lags else None,
+        end_lag=end_lag,
+        reasons=Counter(a.reason for a in window if a.reason),
+    )
+
+
+def wait_flowing(
+    settings: Settings, reader: OutputReader, topic: str, timeout_s: float = 120.0
+) -> float:
+    """Send a probe trigger every 0.5 s until an output arrives; return the seconds it took."""
+    producer = Producer(producer_config(settings))
+    started = time.monotonic()
+    seq = 0
+    next_probe = started
+    try:
+        while time.monotonic() - started < timeout_s:
+            if time.monotonic() >= next_probe:
+                seq += 1
+                customer = f"probe{seq:04d}"
+                value = make_event("cart_abandoned", customer, time.time_ns(), seq, _NO_RNG)
+                producer.produce(topic, key=customer.encode(), value=value)
+                producer.flush(5)
+                next_probe += 0.5
+            if reader.read(0.1):
+                return time.monotonic() - started
+    finally:
+        producer.flush(5)
+    raise TimeoutError(f"nothing came out of {topic} within {timeout_s} s")
+
+
+class _NoRandom:
+    """make_event needs a random source only for product fields, which probes do not have."""
+
+    def randrange(self, n: int) -> int:
+        """Always 0."""
+        return 0
+
+    def uniform(self, a: float, b: float) -> float:
+        """Always a."""
+        return a
+
+    def random(self) -> float:
+        """Always 0."""
+        return 0.0
+
+
+_NO_RNG: Any = _NoRandom()

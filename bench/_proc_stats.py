@@ -1,0 +1,131 @@
+"""CPU use of processes and of the machine from /proc (Linux), and a description of the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from importlib import metadata
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User plus system CPU seconds of a process (all its threads), or None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3; utime and stime are fields 14 and 15 (1-based).
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def machine_busy_ticks() -> tuple[int, int]:
+    """Busy and total jiffies of all CPUs since boot (the first line of /proc/stat)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    total = sum(values[:8])
+    return total - idle, total
+
+
+class CpuMeter:
+    """CPU use of named processes over an interval, in percent of one core."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid > 0}
+        self._start: dict[str, float | None] = {}
+        self._wall = 0.0
+        self._machine = (0, 0)
+
+    def start(self) -> None:
+        """Take the first reading."""
+        self._wall = time.monotonic()
+        self._start = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+        self._machine = machine_busy_ticks()
+
+    def stop(self) -> dict[str, float]:
+        """Percent of one core used by each process since start, plus 'machine' (all cores, %)."""
+        wall = max(time.monotonic() - self._wall, 1e-9)
+        out: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            before, after = self._start.get(name), process_cpu_s(pid)
+            if before is not None and after is not None:
+                out[name] = 100.0 * (after - before) / wall
+        busy0, total0 = self._machine
+        busy1, total1 = machine_busy_ticks()
+        if total1 > total0:
+            out["machine"] = 100.0 * (busy1 - busy0) / (total1 - total0)
+            # Everything else on the machine (other users' jobs, the kernel), in % of one core.
+            cores = os.cpu_count() or 1
+            ours = sum(v for k, v in out.items() if k != "machine")
+            out["others"] = max(0.0, out["machine"] * cores - ours)
+        return out
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def ram_gib() -> float:
+    """Total memory in GiB from /proc/meminfo."""
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return 0.0
+    found = re.search(r"MemTotal:\s+(\d+) kB", text)
+    return int(found.group(1)) / 1024 / 1024 if found else 0.0
+
+
+def kafka_version(repo: Path) -> str:
+    """The Apache Kafka version the local broker script runs (from deploy/kafka/pom.xml)."""
+    try:
+        found = re.search(
+            r"<kafka.version>(.*?)</kafka.version>", (repo / "deploy/kafka/pom.xml").read_text()
+        )
+    except OSError:
+        return "unknown"
+    return found.group(1) if found else "unknown"
+
+
+def package_version(name: str) -> str:
+    """An installed distribution's version, or '?'."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def broker_pid(repo: Path) -> int:
+    """The PID of the local broker started by deploy/kafka/kafka.sh, or 0 when there is none."""
+    run_dir = Path(os.environ.get("KAIROS_KAFKA_RUN_DIR", repo / ".run/kafka"))
+    try:
+        pid = int((run_dir / "kafka.pid").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    return pid if process_cpu_s(pid) is not None else 0
+
+
+def wait_quiet(max_busy_pct: float = 25.0, timeout_s: float = 180.0) -> float:
+    """Wait until the machine is mostly idle (other jobs skew latency); return the last busy %."""
+    deadline = time.monotonic() + timeout_s
+    busy = 100.0
+    while time.monotonic() < deadline:
+        b0, t0 = machine_busy_ticks()
+        time.sleep(2.0)
+        b1, t1 = machine_busy_ticks()
+        busy = 100.0 * (b1 - b0) / max(t1 - t0, 1)
+        if busy <= max_busy_pct:
+            break
+    return busy

@@ -1,0 +1,528 @@
+"""Trigger-to-decision latency and sustained throughput of one Kairos worker, beside two floors.
+
+    .venv/bin/python bench/latency.py          # or `make bench-latency` (starts a local broker)
+
+On the broker named by KAIROS_KAFKA_BOOTSTRAP, with topics of its own (uuid prefix):
+1. floors: a bare confluent-kafka consume-and-produce loop, then a bare Faust pass-through agent
+   (Kairos' Faust settings), each offered cart_abandoned events at 500, 1,000 and 2,000/s;
+2. a Kairos worker (streams.worker_process.WorkerProcess) offered the same trigger streams, latency
+   measured on the action topic (decisions);
+3. the same worker on a mixed stream (1 trigger in 5 events), stepping the offered rate up until it
+   falls behind.
+Results go to stdout and to the "## Latency (bench/latency.py)" section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` as a package, as a script
+
+from confluent_kafka import KafkaException, libversion
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from bench._kafka_floors import start_floor, stop_floor
+from bench._measure_steps import (
+    LagProbe,
+    OutputReader,
+    StepContext,
+    StepResult,
+    run_step,
+    wait_flowing,
+)
+from bench._proc_stats import (
+    broker_pid,
+    cpu_model,
+    kafka_version,
+    package_version,
+    ram_gib,
+    wait_quiet,
+)
+from bench._worker_profile import Profile, start_sampling, summarise
+from streams.demo import free_port
+from streams.settings import Settings
+from streams.topics import ensure_topics
+from streams.worker_process import WorkerProcess
+
+REPO = Path(__file__).resolve().parents[1]
+SECTION = "## Latency (bench/latency.py)"
+TRIGGER_RATES = (500, 1000, 2000)
+MIXED_RATES = (1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 10000)
+GOAL_P99_MS = 10.0
+GOAL_RATE = 1000
+GOAL_MIXED = 5000
+
+
+@dataclass
+class Run:
+    """Everything one benchmark run measured."""
+
+    started: datetime
+    latency: list[StepResult] = field(default_factory=list)
+    mixed: list[StepResult] = field(default_factory=list)
+    ready_s: dict[str, float] = field(default_factory=dict)
+    profile: Profile | None = None
+    profile_rate: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    worker_log: dict[str, int] = field(default_factory=dict)
+
+
+def bench_settings(base: Settings, run_dir: Path, prefix: str) -> Settings:
+    """Settings isolated to this run: own topics, group, tables and web port (cf. demo_settings)."""
+    names = ("events", "outcomes", "decisions", "rewards", "models", "dlq", "ticks")
+    return base.model_copy(
+        update={
+            "app_id": prefix,
+            "topics": base.topics.model_copy(update={n: f"{prefix}.{n}.v1" for n in names}),
+            "data_dir": run_dir / "tables",
+            "web_port": free_port(),
+        }
+    )
+
+
+def create_topics(settings: Settings, names: list[str]) -> None:
+    """Create plain topics with the worker's partition count."""
+    admin = AdminClient(settings.confluent_config())
+    new = [
+        NewTopic(
+            n, num_partitions=settings.partitions, replication_factor=settings.replication_factor
+        )
+        for n in names
+    ]
+    for future in admin.create_topics(new, operation_timeout=30).values():
+        future.result(30)
+
+
+def delete_run_topics(settings: Settings, prefix: str) -> int:
+    """Delete every topic whose name starts with this run's prefix (ours, and Faust's changelogs)."""
+    admin = AdminClient(settings.confluent_config())
+    names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            with contextlib.suppress(KafkaException):
+                future.result(30)
+    return len(names)
+
+
+def measure_floor(
+    kind: str, settings: Settings, prefix: str, run_dir: Path, args: argparse.Namespace, run: Run
+) -> None:
+    """Start one floor, measure it at each trigger rate, stop it."""
+    source, sink, app_id = f"{prefix}.{kind}.in", f"{prefix}.{kind}.out", f"{prefix}-{kind}"
+    create_topics(settings, [source, sink])
+    floor_settings = settings.model_copy(
+        update={"web_port": free_port(), "data_dir": run_dir / kind}
+    )
+    reader = OutputReader(settings, sink, "event_id")
+    name = {"confluent": "bare confluent-kafka loop", "faust": "bare Faust agent"}[kind]
+    _settle(run, name)
+    process = start_floor(kind, floor_settings, source, sink, app_id, run_dir / f"{kind}.log")
+    try:
+        run.ready_s[name] = wait_flowing(settings, reader, source)
+        ctx = StepContext(
+            settings,
+            name,
+            source,
+            reader,
+            {"system": process.pid, "broker": args.broker_pid, "reader": os.getpid()},
+            LagProbe(settings, app_id, source, settings.partitions),
+            customers=args.customers,
+            refresh_pids=args.refresh_pids,
+        )
+        run_step(ctx, 500, "triggers", 0.0, args.warmup_s)  # warm-up
+        for rate in args.rates:
+            result = run_step(ctx, rate, "triggers", args.warmup_s, args.step_s)
+            run.latency.append(result)
+            print(line(result), flush=True)
+    finally:
+        stop_floor(process)
+        reader.close()
+
+
+def measure_kairos(settings: Settings, run_dir: Path, args: argparse.Namespace, run: Run) -> None:
+    """Start a Kairos worker; trigger latency steps, then mixed-stream throughput steps."""
+    ensure_topics(settings)
+    _settle(run, "Kairos worker")
+    reader = OutputReader(settings, settings.topics.decisions, "trigger_event_id")
+    worker = WorkerProcess(settings, run_dir / "worker.log").start()
+    try:
+        worker.wait_ready(120)
+        run.ready_s["Kairos worker"] = wait_flowing(settings, reader, settings.topics.events)
+        pid = worker.process.pid if worker.process else 0
+        ctx = StepContext(
+            settings,
+            "Kairos worker",
+            settings.topics.events,
+            reader,
+            {"system": pid, "broker": args.broker_pid, "reader": os.getpid()},
+            LagProbe(settings, settings.app_id, settings.topics.events, settings.partitions),
+            customers=args.customers,
+            refresh_pids=args.refresh_pids,
+        )
+        # Warm-up on the mixed stream: customers get state (carts, purchases) before the triggers.
+        run_step(ctx, 1000, "mixed", 0.0, args.warmup_s * 2)
+        for rate in args.rates:
+            result = run_step(ctx, rate, "triggers", args.warmup_s, args.step_s)
+            run.latency.append(result)
+            print(line(result), flush=True)
+        failed: StepResult | None = None
+        for rate in args.mixed_rates:
+            result = run_step(ctx, rate, "mixed", args.warmup_s, args.mixed_step_s)
+            run.mixed.append(result)
+            verdict = "  ok" if result.keeps_up() else "  FALLS BEHIND"
+            print(line(result) + verdict, flush=True)
+            if not result.keeps_up():
+                failed = result
+                break
+            if ctx.lag is not None:
+                _wait_lag_zero(ctx.lag, 10.0)
+        if args.profile and run.mixed:
+            # A separate step (its figures are not reported): py-spy at the rate that saturated.
+            if ctx.lag is not None:
+                _wait_lag_zero(ctx.lag, 20.0)
+            rate = (failed or run.mixed[-1]).rate
+            seconds = args.warmup_s + args.mixed_step_s
+            out = run_dir / "profile.txt"
+            sampler = start_sampling(pid, seconds, out)
+            if sampler is not None:
+                run_step(ctx, rate, "mixed", args.warmup_s, args.mixed_step_s)
+                sampler.wait(30)
+                run.profile = summarise(out, seconds)
+                run.profile_rate = rate
+        run.worker_log = _log_signals(worker.log_path)
+        if worker.process is not None and worker.process.poll() is not None:
+            run.notes.append(f"worker exited early; log tail:\n{worker.log_tail()}")
+    finally:
+        worker.stop()
+        reader.close()
+
+
+LOG_SIGNALS = {
+    "producer buffer full": "Faust producer buffer full (stream paused until it drains)",
+    "Timer commit is overlapping": "offset commit took longer than its 1 s interval",
+    "rebalanc": "rebalance messages",
+}
+
+
+def _log_signals(path: Path) -> dict[str, int]:
+    """How often the worker logged the warnings that explain stalls."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return {}
+    return {label: text.count(needle) for needle, label in LOG_SIGNALS.items()}
+
+
+def _settle(run: Run, system: str) -> None:
+    """Wait for the machine to go quiet before measuring a system; note it if it does not."""
+    busy = wait_quiet(timeout_s=45.0)
+    if busy > 25.0:
+        run.notes.append(f"the machine was {busy:.0f}% busy before {system} was measured")
+
+
+def _wait_lag_zero(probe: LagProbe, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lag = probe.lag()
+        if lag is not None and lag == 0:
+            return
+        time.sleep(0.25)
+
+
+def line(r: StepResult) -> str:
+    """One progress line for the console."""
+    cpu = " ".join(f"{k}={v:.0f}%" for k, v in r.cpu.items())
+    return (
+        f"{r.system:28s} {r.mix:8s} {r.rate:6.0f}/s sent {r.load.achieved_rate:7.0f}/s n={r.count:6d} "
+        f"out/trig={r.outputs_per_trigger:4.2f} p50={r.p50_ms:7.2f} p95={r.p95_ms:7.2f} "
+        f"p99={r.p99_ms:8.2f} max={r.max_ms:8.2f} ms lag(max)={r.max_lag} cpu {cpu}"
+    )
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    """A number for a table cell (– for NaN)."""
+    return "–" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+def render(run: Run, args: argparse.Namespace) -> str:
+    """The markdown section for BENCHMARKS.md."""
+    out = [SECTION, ""]
+    threads = f"{platform.python_implementation()} {platform.python_version()}"
+    out.append(
+        f"Run {run.started:%Y-%m-%d %H:%M} UTC: `{args.command}` (`make bench-latency`). Machine: {cpu_model()}, "
+        f"{_cores()} cores, {ram_gib():.0f} GiB RAM; {threads}; Apache Kafka {kafka_version(REPO)} "
+        f"(single-node KRaft on 127.0.0.1); confluent-kafka {package_version('confluent-kafka')} "
+        f"(librdkafka {libversion()[0]}), faust-streaming {package_version('faust-streaming')}, "
+        f"aiokafka {package_version('aiokafka')}. **The {_cores()} cores are shared** by the broker "
+        "JVM, the system under test, the load generator and the measuring consumer (CPU columns: "
+        "% of one core; `others` = everything else on the machine, e.g. other jobs; `machine` = "
+        "all cores busy %)."
+    )
+    busiest = max((r.cpu.get("others", 0.0) for r in run.latency + run.mixed), default=0.0)
+    if busiest > 30.0:
+        out += [
+            "",
+            f"**Contended run:** other jobs on the machine used up to {busiest:.0f}% of a core "
+            "during the steps (`CPU others`); tail latencies are pessimistic.",
+        ]
+    out.append("")
+    out.append(
+        "Method: a load generator process sends events at a fixed rate on a deadline schedule "
+        "(murmur2 partitioner, linger 0, acks=all, 4 partitions, "
+        f"{args.customers:,} customers, keyed by customer); each event carries its send time "
+        "(`time.time_ns`) in its id. A consumer in another process reads the output topic; latency "
+        "= read time − send time (same clock). Each step: "
+        f"{args.warmup_s:g} s warm-up (discarded) + {args.step_s:g} s measured. "
+        "Triggers are explicit `cart_abandoned` events; the Kairos worker runs the three shipped "
+        "campaigns with default settings and the decision is read from the action topic."
+    )
+    out += ["", "### Trigger-to-output latency (ms)", ""]
+    out.append(
+        "| system | offered/s | sent/s | measured | p50 | p95 | p99 | max | CPU system | CPU broker | CPU loadgen | CPU reader | CPU others | machine |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in run.latency:
+        out.append(
+            f"| {r.system} | {r.rate:,.0f} | {r.load.achieved_rate:,.0f} | {r.count:,} | "
+            f"{fmt(r.p50_ms, 2)} | {fmt(r.p95_ms, 2)} | {fmt(r.p99_ms, 2)} | {fmt(r.max_ms, 1)} | "
+            f"{_cpu(r, 'system')} | {_cpu(r, 'broker')} | {_cpu(r, 'loadgen')} | {_cpu(r, 'reader')} | "
+            f"{_cpu(r, 'others')} | {_cpu(r, 'machine')} |"
+        )
+    out += ["", "### Goals", ""]
+    out += _goals(run)
+    if run.mixed:
+        out += [
+            "",
+            "### One worker, mixed stream (1 trigger in 5 events), offered rate stepped up",
+            "",
+        ]
+        out.append(
+            "Mix: 50% product_view, 30% cart_add, 15% cart_abandoned, 5% purchase (cart_abandoned "
+            "triggers cart_abandonment, purchase triggers cross_sell). A step keeps up when the "
+            "generator held the rate, every trigger's decision arrived and p99 < 500 ms."
+        )
+        out.append("")
+        out.append(
+            "| offered events/s | sent/s | decisions | p50 ms | p99 ms | max ms | max lag (events) | CPU worker | CPU broker | CPU loadgen | CPU others | machine | keeps up |"
+        )
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for r in run.mixed:
+            out.append(
+                f"| {r.rate:,.0f} | {r.load.achieved_rate:,.0f} | {r.count:,} | {fmt(r.p50_ms, 2)} | "
+                f"{fmt(r.p99_ms, 1)} | {fmt(r.max_ms, 0)} | {r.max_lag if r.max_lag is not None else '–'} | "
+                f"{_cpu(r, 'system')} | {_cpu(r, 'broker')} | {_cpu(r, 'loadgen')} | {_cpu(r, 'others')} | "
+                f"{_cpu(r, 'machine')} | {'yes' if r.keeps_up() else '**no**'} |"
+            )
+    if run.profile is not None and run.profile.samples:
+        out += _profile_table(run)
+    if run.worker_log:
+        signals = ", ".join(f"{label}: {n}" for label, n in run.worker_log.items())
+        out += ["", f"Worker log over the whole run: {signals}."]
+    out += ["", "### What limits it", ""]
+    out.append(LIMITS_TEXT.strip())
+    reasons: Counter[str] = Counter()
+    for r in run.latency:
+        if r.system == "Kairos worker":
+            reasons.update(r.reasons)
+    if reasons:
+        total = sum(reasons.values())
+        mix = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in reasons.most_common(5))
+        out += ["", f"Decision reasons in the Kairos latency steps: {mix}."]
+    for note in run.notes:
+        out += ["", f"Note: {note}"]
+    return "\n".join(out) + "\n"
+
+
+# Written from the profile and CPU figures of the run that produced the tables; revise on rerun.
+LIMITS_TEXT = """
+**Latency: a stall in the table-changelog path, not CPU.** At 500 triggers/s the worker decides in
+~1.5 ms (p50). From ~1,000 triggers/s it flips into a mode where decisions arrive 1-2 s after the
+trigger while the worker uses well under one core (44% here; 42% in a run on a quiet machine, where
+p50 was 1.25 s with nothing else running). The worker log shows why: hundreds of Faust "producer
+buffer full" warnings and "Timer commit is overlapping" (commit takes ~2 s). Every record writes two
+table rows (`customers`, `pending`), i.e. two changelog messages, which Faust queues in its
+ProducerBuffer (max 100 messages, drained by one task, one `await producer.send` at a time); past
+100 the conductor pauses the stream until it drains, and every commit (1 s) waits for
+`producer.flush()`. aiokafka sends one produce request per broker at a time, so the single-broker
+round trip paces the whole thing. The bare Faust agent (same settings, no tables) forwards in ~3 ms
+at 1,000/s; raising `producer_max_batch_size` to 512 KiB did not change the stall (p50 1.30 s vs
+1.25 s). **Throughput:** the worker is one Python process (one core at most) on a 2-core machine
+shared with the broker (25-50% of a core) and the load generator; in the profile, Faust/asyncio/
+aiokafka machinery and RocksDB take ~80% of the worker's busy samples, the decision itself
+(`engine.decide`, features, bandit) ~6%, JSON ~2%. The bandit is not the bottleneck.
+"""
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+def _cpu(r: StepResult, key: str) -> str:
+    value = r.cpu.get(key)
+    return "–" if value is None else f"{value:.0f}%"
+
+
+def _goals(run: Run) -> list[str]:
+    def at(system: str, rate: int) -> StepResult | None:
+        return next((r for r in run.latency if r.system == system and r.rate == rate), None)
+
+    lines: list[str] = []
+    kairos, bare = at("Kairos worker", GOAL_RATE), at("bare confluent-kafka loop", GOAL_RATE)
+    faust = at("bare Faust agent", GOAL_RATE)
+    if kairos is not None:
+        met = kairos.p99_ms < GOAL_P99_MS
+        lines.append(
+            f"- p99 trigger-to-decision at {GOAL_RATE:,} triggers/s: **{fmt(kairos.p99_ms, 2)} ms** "
+            f"(goal < {GOAL_P99_MS:g} ms): {'met' if met else '**missed**'}."
+        )
+        if bare is not None:
+            ratio = kairos.p99_ms / bare.p99_ms if bare.p99_ms else float("nan")
+            lines.append(
+                f"- vs the bare confluent-kafka loop's p99 ({fmt(bare.p99_ms, 2)} ms): "
+                f"**{fmt(ratio, 1)}x** (goal ≤ 2x): {'met' if ratio <= 2 else '**missed**'}."
+            )
+        if faust is not None:
+            ratio = kairos.p99_ms / faust.p99_ms if faust.p99_ms else float("nan")
+            lines.append(
+                f"- vs the bare Faust agent's p99 ({fmt(faust.p99_ms, 2)} ms): {fmt(ratio, 1)}x."
+            )
+    if run.mixed:
+        ok = [r for r in run.mixed if r.keeps_up()]
+        best = max((r.rate for r in ok), default=0.0)
+        failed = next((r for r in run.mixed if not r.keeps_up()), None)
+        limit = f"; falls behind at {failed.rate:,.0f}/s" if failed else " (the highest step tried)"
+        lines.append(
+            f"- highest sustained mixed rate of one worker: **{best:,.0f} events/s**{limit} "
+            f"(goal ≥ {GOAL_MIXED:,}): {'met' if best >= GOAL_MIXED else '**missed**'}."
+        )
+    return lines
+
+
+def _profile_table(run: Run) -> list[str]:
+    p = run.profile
+    assert p is not None
+    out = [
+        "",
+        f"### Where the worker's time goes (py-spy, {p.rate} Hz, mixed stream at {run.profile_rate:,.0f} events/s)",
+        "",
+        f"The worker's threads were on CPU in {100 * p.busy_share:.0f}% of samples. "
+        "Self time by layer (a sample counts for the innermost frame of a listed layer):",
+        "",
+        "| layer | share of busy samples |",
+        "|---|---:|",
+    ]
+    for name, count in p.by_category.most_common():
+        out.append(f"| {name} | {100 * count / p.samples:.1f}% |")
+    out += ["", "Inclusive share of busy samples:", ""]
+    out += [
+        f"- {name}: {100 * count / p.samples:.1f}%" for name, count in p.inclusive.most_common()
+    ]
+    out += ["", "Hottest functions (self):", ""]
+    out += [
+        f"- `{name}`: {100 * count / p.samples:.1f}%"
+        for name, count in p.by_function.most_common(10)
+    ]
+    return out
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) this benchmark's section of BENCHMARKS.md, leaving other sections alone."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find(SECTION)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        tail = "" if end < 0 else text[end + 1 :]
+        text = text[:start] + section + ("\n" + tail if tail else "")
+    path.write_text(text)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line options (the defaults are what BENCHMARKS.md reports)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rates", type=int, nargs="+", default=list(TRIGGER_RATES))
+    parser.add_argument("--mixed-rates", type=int, nargs="+", default=list(MIXED_RATES))
+    parser.add_argument(
+        "--step-s", type=float, default=12.0, help="measured seconds per latency step"
+    )
+    parser.add_argument(
+        "--mixed-step-s", type=float, default=10.0, help="measured seconds per mixed step"
+    )
+    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--only", choices=("floors", "kairos", "all"), default="all")
+    parser.add_argument(
+        "--profile", action=argparse.BooleanOptionalAction, default=True, help="py-spy the worker"
+    )
+    parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory and topics")
+    args = parser.parse_args(argv)
+    args.command = " ".join([".venv/bin/python bench/latency.py", *argv])
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns a process exit code."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    base = Settings()
+    run = Run(started=datetime.now(UTC))
+    run_dir = Path(tempfile.mkdtemp(prefix="kairos-bench-"))
+    prefix = f"kairos-bench-{uuid.uuid4().hex[:8]}"
+    settings = bench_settings(base, run_dir, prefix)
+    local = _local_broker(base)
+    args.broker_pid = broker_pid(REPO) if local else 0
+    # The broker may be restarted by someone else during a run: look its PID up before each step.
+    args.refresh_pids = (lambda: {"broker": broker_pid(REPO)}) if local else None
+    print(
+        f"broker {settings.kafka_bootstrap} (pid {args.broker_pid or '?'}), run dir {run_dir}, prefix {prefix}"
+    )
+    started = time.monotonic()
+    try:
+        if args.only in ("floors", "all"):
+            measure_floor("confluent", settings, prefix, run_dir, args, run)
+            measure_floor("faust", settings, prefix, run_dir, args, run)
+        if args.only in ("kairos", "all"):
+            measure_kairos(settings, run_dir, args, run)
+    finally:
+        if not args.keep:
+            deleted = delete_run_topics(settings, prefix)
+            print(f"deleted {deleted} topics")
+            shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"benchmark took {time.monotonic() - started:.0f} s")
+    section = render(run, args)
+    print(section)
+    if not args.no_write:
+        write_section(REPO / "BENCHMARKS.md", section)
+        print(f"wrote {REPO / 'BENCHMARKS.md'}")
+    return 0
+
+
+def _local_broker(settings: Settings) -> bool:
+    """True when the bootstrap address is the broker deploy/kafka/kafka.sh runs."""
+    try:
+        port = (REPO / ".run/kafka/kafka.port").read_text().strip()
+    except OSError:
+        return False
+    return settings.kafka_bootstrap.endswith(f":{port}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
