@@ -1,0 +1,157 @@
+"""The customer simulator: reproducible by seed, exact expectations, and Kairos learns from it."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from engine.campaign import NO_ACTION_ID
+from engine.rewards import reward_of
+from engine.simulator.baselines import FixedActionPolicy, KairosPolicy, options_for
+from engine.simulator.campaign import simulation_campaign
+from engine.simulator.experiment import best_single_ranking, run_policy
+from engine.simulator.loop import Run, SimConfig, simulate
+from engine.simulator.population import Customer, Life, make_population, session_events
+from engine.simulator.report import render_html
+from engine.simulator.responses import Response, _scenarios, expected_reward, response, sample
+
+CAMPAIGN = simulation_campaign()
+T0 = datetime(2025, 3, 3, 12, tzinfo=UTC)
+
+
+def test_population_is_reproducible_by_seed() -> None:
+    a = make_population(200, seed=3)
+    assert a == make_population(200, seed=3)
+    assert a != make_population(200, seed=4)
+    assert {c.persona.name for c in a} >= {"premium", "price_conscious", "do_not_disturb"}
+    life_a, life_b = Life(random.Random(a[0].seed)), Life(random.Random(a[0].seed))
+    assert session_events(a[0], life_a, T0) == session_events(a[0], life_b, T0)
+
+
+def test_simulation_is_reproducible_by_seed() -> None:
+    config = SimConfig(customers=80, decisions=400, seed=5, warmup_days=10)
+    first = simulate(CAMPAIGN, KairosPolicy(CAMPAIGN, 5), config)
+    second = simulate(CAMPAIGN, KairosPolicy(CAMPAIGN, 5), config)
+    assert len(first.log) == 400
+    assert first.log == second.log
+    other = simulate(
+        CAMPAIGN, KairosPolicy(CAMPAIGN, 6), SimConfig(80, 400, seed=6, warmup_days=10)
+    )
+    assert other.log != first.log
+
+
+def test_expected_reward_is_the_exact_mean_of_the_outcomes() -> None:
+    r = Response(
+        opened=0.4, clicked=0.1, converted=0.3, unsubscribed=0.05, value=80.0, message=True
+    )
+    enumerated = sum(p * reward_of(CAMPAIGN, outs) for p, outs in _scenarios(r))
+    assert math.isclose(expected_reward(CAMPAIGN, r), enumerated, abs_tol=1e-12)
+    assert math.isclose(sum(p for p, _ in _scenarios(r)), 1.0)
+    rng = random.Random(1)
+    n = 40_000
+    draws = [reward_of(CAMPAIGN, sample(r, rng, "c", f"d{i}", CAMPAIGN.name, T0)) for i in range(n)]
+    mean, sd = statistics.fmean(draws), statistics.stdev(draws)
+    assert abs(mean - expected_reward(CAMPAIGN, r)) < 4 * sd / math.sqrt(n)
+
+
+def _value(customer: Customer, action_id: str, send_delay_h: float = 0.0) -> float:
+    """Exact net value of an action for a fresh customer's cart, sent in their active hours."""
+    local = T0.astimezone(ZoneInfo(customer.timezone))
+    now = local.replace(hour=customer.active_hours[0]).astimezone(UTC)
+    action = CAMPAIGN.action(action_id)
+    sent = now + timedelta(hours=send_delay_h)
+    r = response(customer, Life(random.Random(0)), "cart_abandoned", now, action, sent)
+    return expected_reward(CAMPAIGN, r) - action.cost
+
+
+def test_hidden_preferences() -> None:
+    customers = make_population(400, seed=1)
+    by_persona = {c.persona.name: c for c in customers}
+    premium, bargain = by_persona["premium"], by_persona["price_conscious"]
+    pc, bc = premium.channel, bargain.channel
+    assert _value(premium, f"{pc}:exclusive_preview:nudge:now") > _value(
+        premium, f"{pc}:discount_10:nudge:now"
+    )
+    assert _value(bargain, f"{bc}:discount_10:nudge:now") > _value(
+        bargain, f"{bc}:exclusive_preview:nudge:now"
+    )
+    other = next(ch for ch in ("email", "sms", "push") if ch != pc)
+    assert _value(premium, f"{pc}:exclusive_preview:nudge:now") > _value(
+        premium, f"{other}:exclusive_preview:nudge:now"
+    )
+    dnd = by_persona["do_not_disturb"]
+    for action_id in CAMPAIGN.action_ids[1:]:
+        assert _value(dnd, action_id) < _value(dnd, NO_ACTION_ID)
+    sure = by_persona["sure_thing"]
+    assert max(_value(sure, a) - _value(sure, NO_ACTION_ID) for a in CAMPAIGN.action_ids) < 0.02
+    abandoner = by_persona["cart_abandoner"]
+    now_id = f"{abandoner.channel}:no_offer:nudge:now"
+    assert _value(abandoner, now_id, 1.0) > 2 * _value(abandoner, now_id, 5.0)
+
+
+class _Checked(KairosPolicy):
+    """Kairos, checking that its allowed set is the one the baselines and the oracle get."""
+
+    def decide(self, state, trigger, now, options, values):  # type: ignore[no-untyped-def]
+        decision = super().decide(state, trigger, now, options, values)
+        assert options == options_for(CAMPAIGN, state, trigger, now)
+        if decision.reason == "policy":
+            assert tuple(decision.probabilities) == options.allowed
+        else:
+            assert options.allowed == (NO_ACTION_ID,) and decision.reason == options.reason
+        return decision
+
+
+def test_baselines_face_the_same_choice_as_kairos_and_the_report_renders() -> None:
+    config = SimConfig(customers=60, decisions=300, seed=2, warmup_days=10)
+    run = simulate(CAMPAIGN, _Checked(CAMPAIGN, 2), config)
+    assert all(d.best >= d.chosen - 1e-12 for d in run.log)
+    assert {d.reason for d in run.log} >= {"policy", "holdout"}
+    page = render_html([run], "t", ["fact"])
+    assert page.count("<svg") >= 4 and "persona" in page
+
+
+def _incremental(run: Run, tail: bool = False) -> float:
+    """Exact incremental reward over no-action (on the second half of the decisions if tail)."""
+    log = run.log[len(run.log) // 2 :] if tail else run.log
+    return sum(d.chosen - d.baseline for d in log)
+
+
+def _one_sided_paired(diffs: list[float], t_crit: float = 2.92) -> None:
+    """Paired one-sided t-test at 5% (t_crit for 2 degrees of freedom): mean difference > 0."""
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    assert mean > 0 and mean / max(se, 1e-9) > t_crit, diffs
+
+
+def test_kairos_beats_random() -> None:
+    """Paired over 3 fixed seeds, same customers, exact expected incremental reward."""
+    diffs = []
+    for seed in (11, 12, 13):
+        config = SimConfig(customers=200, decisions=3000, seed=seed, warmup_days=30)
+        kairos = run_policy("kairos", CAMPAIGN, config)
+        random_run = run_policy("random", CAMPAIGN, config)
+        diffs.append(_incremental(kairos) - _incremental(random_run))
+    _one_sided_paired(diffs)
+
+
+@pytest.mark.xfail(
+    run=False,
+    reason="Not met yet: at 8,000 decisions Kairos beats the best single action on the second "
+    "half in 2 of 3 seeds only (paired t not significant); see BENCHMARKS.md, Simulation.",
+)
+def test_kairos_beats_the_best_single_action_once_it_has_learned() -> None:
+    """Paired over 3 fixed seeds, on the second half of the decisions (after learning)."""
+    diffs = []
+    for seed in (11, 12, 13):
+        config = SimConfig(customers=300, decisions=8000, seed=seed, warmup_days=30)
+        kairos = run_policy("kairos", CAMPAIGN, config)
+        ranking = best_single_ranking(CAMPAIGN, config, decisions=3000)
+        best = simulate(CAMPAIGN, FixedActionPolicy(CAMPAIGN, ranking, seed), config)
+        diffs.append(_incremental(kairos, tail=True) - _incremental(best, tail=True))
+    _one_sided_paired(diffs)
