@@ -198,7 +198,7 @@ def run_kafka_simulation(
         settings = kafka_settings(settings, run_dir)
     campaign = simulation_campaign(KAFKA_WINDOW_S if start_worker else None)
     ensure_topics(settings)
-    worker = WorkerProcess(settings, run_dir / "worker.log") if start_worker else None
+    worker = WorkerProcess(settings, run_dir / "worker.log").start() if start_worker else None
     run_tag = uuid.uuid4().hex[:6]
     population = make_population(customers, seed, prefix=f"kafka-{run_tag}")
     by_id = {c.customer_id: i for i, c in enumerate(population)}
@@ -236,18 +236,20 @@ def run_kafka_simulation(
         with _progress(console) as progress:
             task = progress.add_task("Kairos via Kafka", total=decisions, rate="-")
             reward_sum = 0.0
+            batch = max(10, min(customers, decisions) // 5)
+            next_batch_at = 0.0
             while len(run.log) < decisions and time.monotonic() < deadline:
-                # Keep about a visit per outstanding decision in flight.
-                if next_visit - len(run.log) < max(20, customers // 4):
-                    if next_visit % customers == 0:
-                        rng.shuffle(order)
-                    i = order[next_visit % customers]
-                    next_visit += 1
-                    send_events(session_events(population[i], lives[i], datetime.now(UTC)))
-                    producer.poll(0)
-                    continue
-                producer.flush(5)
-                message = consumer.poll(0.1)
+                # A batch of visits every half second: not every visit causes a decision.
+                if time.monotonic() >= next_batch_at:
+                    for _ in range(batch):
+                        if next_visit % customers == 0:
+                            rng.shuffle(order)
+                        i = order[next_visit % customers]
+                        next_visit += 1
+                        send_events(session_events(population[i], lives[i], datetime.now(UTC)))
+                    producer.flush(5)
+                    next_batch_at = time.monotonic() + 0.5
+                message = consumer.poll(0.05)
                 if message is None or message.error():
                     continue
                 if message.topic() == settings.topics.rewards:
