@@ -29,6 +29,15 @@ from streams.timer_index import TimerIndex
 log = logging.getLogger("kairos.app")
 
 
+class _FaustApp(faust.App):
+    """A Faust app whose consumer fetches with a short wait (see streams/transport.py)."""
+
+    def _new_transport(self) -> Any:
+        from streams.transport import LowLatencyTransport
+
+        return LowLatencyTransport(self.conf.broker_consumer, self)
+
+
 class KairosApp:
     """A configured worker: the Faust app plus the processor and the timer index it drives."""
 
@@ -55,7 +64,7 @@ class KairosApp:
 
     def _build_faust_app(self) -> faust.App:
         s = self.settings
-        app = faust.App(
+        app = _FaustApp(
             s.app_id,
             broker=s.broker_url,
             broker_credentials=_credentials(s),
