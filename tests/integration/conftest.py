@@ -42,20 +42,25 @@ def bootstrap() -> str:
     pytest.skip(message)
 
 
-@pytest.fixture
-def settings(bootstrap: str, tmp_path: Path) -> Iterator[Settings]:
-    """Settings isolated to this test: its own topics, consumer group, tables and web port."""
+def isolated_settings(bootstrap: str, run_dir: Path) -> Settings:
+    """Settings with their own topics, consumer group, tables and web port; topics created."""
     prefix = f"kairos-test-{uuid.uuid4().hex[:10]}"
     names = ("events", "outcomes", "decisions", "rewards", "models", "dlq", "ticks")
     value = Settings(
         kafka_bootstrap=bootstrap,
         app_id=prefix,
         topics={name: f"{prefix}.{name}.v1" for name in names},  # type: ignore[arg-type]
-        data_dir=tmp_path / "tables",
+        data_dir=run_dir / "tables",
         web_port=free_port(),
         partitions=2,
         cart_abandon_after_s=2.0,
         snapshot_interval_s=1.0,
     )
     ensure_topics(value)
-    yield value
+    return value
+
+
+@pytest.fixture
+def settings(bootstrap: str, tmp_path: Path) -> Iterator[Settings]:
+    """Settings isolated to this test: its own topics, consumer group, tables and web port."""
+    yield isolated_settings(bootstrap, tmp_path)

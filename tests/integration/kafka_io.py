@@ -45,9 +45,11 @@ def produce(settings: Settings, topic: str, records: Iterable[dict[str, Any] | b
 class TopicReader:
     """Reads a topic from the beginning; `until` waits for a condition on what has arrived."""
 
-    def __init__(self, settings: Settings, topic: str) -> None:
+    def __init__(self, settings: Settings, topic: str, **overrides: Any) -> None:
         self.records: list[dict[str, Any]] = []
-        self._consumer = Consumer(consumer_config(settings, f"test-reader-{uuid.uuid4().hex[:8]}"))
+        self._consumer = Consumer(
+            consumer_config(settings, f"test-reader-{uuid.uuid4().hex[:8]}", **overrides)
+        )
         self._consumer.subscribe([topic])
 
     def poll(self, seconds: float) -> None:
@@ -56,7 +58,7 @@ class TopicReader:
         while time.monotonic() < deadline:
             message = self._consumer.poll(0.1)
             if message is not None and not message.error():
-                self.records.append(orjson.loads(message.value()))
+                self.records.append(orjson.loads(message.value() or b"null"))
 
     def until(
         self, condition: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 60.0
@@ -66,12 +68,12 @@ class TopicReader:
         while not condition(self.records):
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"condition not met after {timeout_s} s; got {len(self.records)} records: "
-                    f"{self.records[:5]}"
+                    f"condition not met after {timeout_s} s; got {len(self.records)} records, "
+                    f"the first: {str(self.records[:2])[:400]}"
                 )
             message = self._consumer.poll(0.1)
             if message is not None and not message.error():
-                self.records.append(orjson.loads(message.value()))
+                self.records.append(orjson.loads(message.value() or b"null"))
         return self.records
 
     def close(self) -> None:

@@ -1,0 +1,288 @@
+"""Reliability on the real broker: bad input is dead-lettered while good input flows, crashes lose
+nothing, and exactly-once processing emits each decision once."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
+
+from engine.state import apply
+from engine.triggers import TriggerConfig, detect
+from schemas.codec import decode_event
+from schemas.records import Event
+from streams.dead_letters import original_bytes
+from streams.settings import Settings
+from streams.worker_process import WorkerProcess
+from tests.integration.kafka_io import TopicReader, event, produce
+from tests.integration.test_topology import customer_view
+
+# --------------------------------------------------------------------------- bad input, fuzzed
+
+NOW = datetime.now(UTC)
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+)
+
+
+# Values each field must refuse (JSON types it does not take, or out of its range).
+INT64 = st.integers(-(2**63), 2**63 - 1)
+INVALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "customer_id": st.one_of(INT64, st.booleans(), st.lists(INT64, max_size=2)),
+    "event_id": st.one_of(INT64, st.booleans(), st.just("")),
+    "ts": st.one_of(INT64, st.booleans(), st.text(max_size=6).map(lambda s: s + "T-not-a-time")),
+    "price": st.one_of(
+        st.text(min_size=1, max_size=5),
+        st.booleans(),
+        st.floats(max_value=-0.01, allow_nan=False, allow_infinity=False),
+    ),
+    "quantity": st.one_of(
+        st.integers(-(2**63), 0), st.text(min_size=1, max_size=5), st.floats(0.1, 0.9)
+    ),
+}
+
+
+def _good(customer: str) -> dict[str, Any]:
+    return event(customer, "cart_abandoned")
+
+
+@st.composite
+def bad_record(draw: st.DrawFn, tag: str) -> bytes:
+    """One record the worker must refuse; `tag` makes its bytes unique to this example."""
+    marker = f"{tag}-{draw(st.integers(0, 10**9))}"
+    base = event(f"fuzz-{marker}", "purchase", order_value=10.0)
+    kind = draw(
+        st.sampled_from(
+            [
+                "malformed",
+                "wrong_type",
+                "missing_customer",
+                "empty_customer",
+                "unknown_type",
+                "schema_version",
+                "oversized",
+                "future",
+                "past",
+                "not_an_object",
+            ]
+        )
+    )
+    if kind == "malformed":
+        junk = draw(st.binary(max_size=40))
+        return b'{"event_id": "' + marker.encode() + b'", ' + junk.replace(b"}", b"")
+    if kind == "wrong_type":
+        field = draw(st.sampled_from(sorted(INVALID_VALUES)))
+        base[field] = draw(INVALID_VALUES[field])
+    elif kind == "missing_customer":
+        del base["customer_id"]
+    elif kind == "empty_customer":
+        base["customer_id"] = draw(st.sampled_from(["", " ", "\t"]))
+    elif kind == "unknown_type":
+        base["type"] = "x_" + draw(st.text(alphabet="abcdefgh", min_size=1, max_size=8))
+    elif kind == "schema_version":
+        base["schema_version"] = draw(st.integers(2, 99))
+    elif kind == "oversized":
+        base["properties"] = {"blob": "x" * 70_000}
+    elif kind == "future":
+        base["ts"] = (NOW + timedelta(days=draw(st.integers(2, 3000)))).isoformat()
+    elif kind == "past":
+        base["ts"] = (NOW - timedelta(days=draw(st.integers(400, 9000)))).isoformat()
+    elif kind == "not_an_object":
+        return orjson.dumps([marker, draw(json_scalars)])
+    base["properties"] = {**base.get("properties", {}), "marker": marker}
+    return orjson.dumps(base)
+
+
+@pytest.fixture(scope="module")
+def fuzz_worker(
+    bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, TopicReader, TopicReader]]:
+    from tests.integration.conftest import isolated_settings
+
+    run_dir = tmp_path_factory.mktemp("fuzz")
+    settings = isolated_settings(bootstrap, run_dir)
+    decisions = TopicReader(settings, settings.topics.decisions)
+    letters = TopicReader(settings, settings.topics.dlq)
+    with WorkerProcess(settings, run_dir / "worker.log") as worker:
+        worker.wait_ready(60)
+        yield settings, decisions, letters
+    decisions.close()
+    letters.close()
+
+
+@hyp_settings(
+    max_examples=12,
+    deadline=None,
+    derandomize=True,
+    phases=(
+        Phase.explicit,
+        Phase.generate,
+    ),  # each example is a batch through the broker: no shrinking
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_every_bad_record_is_dead_lettered_with_a_reason_and_every_good_one_processed(
+    fuzz_worker: tuple[Settings, TopicReader, TopicReader], data: st.DataObject
+) -> None:
+    settings, decisions, letters = fuzz_worker
+    tag = uuid.uuid4().hex[:8]
+    bad = data.draw(st.lists(bad_record(tag), min_size=150, max_size=200, unique=True))
+    good = [_good(f"good-{tag}-{i}") for i in range(data.draw(st.integers(60, 120)))]
+    duplicates = data.draw(st.lists(st.sampled_from(good), max_size=30))
+    unknown_outcomes = [
+        {
+            "outcome_id": f"o-{tag}-{i}",
+            "customer_id": f"good-{tag}-{i}",
+            "decision_id": f"nope-{tag}-{i}",
+            "type": "clicked",
+            "ts": NOW.isoformat(),
+        }
+        for i in range(5)
+    ]
+    mixed: list[dict[str, Any] | bytes] = [*good, *duplicates, *bad]
+    random.Random(tag).shuffle(mixed)
+    produce(settings, settings.topics.events, mixed)
+    produce(settings, settings.topics.outcomes, unknown_outcomes)
+    want_bad = set(bad) | {orjson.dumps(o) for o in unknown_outcomes}
+    good_ids = {g["customer_id"] for g in good}
+
+    def seen_bad() -> set[bytes]:
+        return {original_bytes(orjson.dumps(r)) for r in letters.records} & want_bad
+
+    letters.until(lambda _: seen_bad() == want_bad, timeout_s=60)
+    decisions.until(lambda rs: good_ids <= {r["customer_id"] for r in rs}, timeout_s=90)
+    decisions.poll(0.5)
+    ours = [r for r in decisions.records if r["customer_id"] in good_ids]
+    # Exactly one decision per good trigger: duplicates were ignored, not decided again.
+    assert sorted(r["customer_id"] for r in ours) == sorted(good_ids)
+    for letter in letters.records:
+        if original_bytes(orjson.dumps(letter)) in want_bad:
+            assert letter["reason"] and letter["detail"] is not None
+            assert letter["topic"] in (settings.topics.events, settings.topics.outcomes)
+
+
+# --------------------------------------------------------------------------- crash safety
+
+
+def _purchase_stream(customers: int, per_customer: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    base = NOW - timedelta(minutes=30)
+    records: list[dict[str, Any]] = []
+    for step in range(per_customer):
+        for c in range(customers):
+            cid = f"soak-{c:04d}"
+            kind = rng.choice(["product_view", "cart_add", "product_view", "purchase"])
+            fields: dict[str, Any] = {
+                "product_id": f"p{rng.randrange(50)}",
+                "category": rng.choice("abcde"),
+            }
+            if kind in ("cart_add", "product_view"):
+                fields["price"] = round(rng.uniform(5, 200), 2)
+            if kind == "purchase":
+                fields["order_value"] = round(rng.uniform(5, 200), 2)
+            ts = base + timedelta(seconds=step * 3 + c * 0.001)
+            records.append(event(cid, kind, ts=ts.isoformat(), **fields))
+    return records
+
+
+def _reference_states(records: list[dict[str, Any]], config: TriggerConfig) -> dict[str, Any]:
+    states: dict[str, Any] = {}
+    for record in records:
+        ev: Event = decode_event(orjson.dumps(record))
+        prev = states.get(ev.customer_id)
+        state = apply(prev, ev)
+        _, state = detect(prev, state, ev, config)
+        states[ev.customer_id] = state
+    return states
+
+
+COMPARED = (
+    "purchase_count",
+    "purchase_value",
+    "last_purchase",
+    "cart",
+    "categories",
+    "first_seen",
+    "last_seen",
+    "timers",
+)
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_repeated_sigkills_lose_no_state_and_decide_each_trigger_once(
+    settings: Settings, tmp_path: Path, guarantee: str
+) -> None:
+    settings = settings.model_copy(
+        update={
+            "processing_guarantee": guarantee,
+            "group_instance_id": "kairos-crash-0",
+            "cart_abandon_after_s": 7200.0,
+        }
+    )
+    records = _purchase_stream(customers=400, per_customer=30, seed=3)  # 12,000 events
+    reference = _reference_states(
+        records,
+        TriggerConfig(cart_abandon_after_s=7200.0, lapse_after_days=settings.lapse_after_days),
+    )
+    isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
+    decisions = TopicReader(settings, settings.topics.decisions, **{"isolation.level": isolation})
+    sender = threading.Thread(target=produce, args=(settings, settings.topics.events, records))
+    worker = WorkerProcess(settings, tmp_path / "worker-0.log").start()
+    worker.wait_ready(60)
+    sender.start()
+    for crash in range(3):
+        time.sleep(1.5)
+        worker.kill()
+        worker = WorkerProcess(settings, tmp_path / f"worker-{crash + 1}.log").start()
+        worker.wait_ready(90)
+    sender.join()
+    try:
+        deadline = time.monotonic() + 120
+        pending = set(reference)
+        while pending and time.monotonic() < deadline:
+            for cid in list(pending):
+                view = customer_view(worker, cid)
+                state = view.get("state", {})
+                if (
+                    state.get("last_seen") == reference[cid].last_seen
+                    and state.get("purchase_count") == reference[cid].purchase_count
+                ):
+                    pending.discard(cid)
+            time.sleep(0.5)
+        views = {cid: customer_view(worker, cid)["state"] for cid in reference}
+        decisions.poll(3.0)
+    finally:
+        worker.stop()
+        decisions.close()
+    for cid, expected in reference.items():
+        got = views[cid]
+        for field in COMPARED:
+            want = orjson.loads(
+                orjson.dumps(getattr(expected, field), option=orjson.OPT_NON_STR_KEYS)
+            )
+            assert got[field] == want, (cid, field, got[field], want)
+    per_trigger: dict[tuple[str, str], list[bytes]] = {}
+    for d in decisions.records:
+        per_trigger.setdefault((d["campaign"], d["trigger_id"]), []).append(
+            orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
+        )
+    assert per_trigger, "the purchases should have triggered cross-sell decisions"
+    for key, bodies in per_trigger.items():
+        assert len(set(bodies)) == 1, key  # one decision per trigger; redeliveries identical
+        if guarantee == "exactly_once":
+            assert len(bodies) == 1, key  # and under exactly-once, no redelivery at all
