@@ -110,11 +110,20 @@ def tail(
 def demo(
     customers: Annotated[int, typer.Option(help="Synthetic customers to feed.")] = 60,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 90.0,
+    simulate: Annotated[
+        bool, typer.Option(help="End with a short closed-loop simulation through the broker.")
+    ] = True,
 ) -> None:
     """Start a worker against the local broker, feed synthetic customers, print the decisions."""
     from streams.demo import run_demo
 
     code = run_demo(_settings(), customers=customers, timeout_s=timeout, console=console)
+    if code == 0 and simulate:
+        from streams.simulate_command import run_kafka_simulation
+
+        console.rule("[bold]Closed loop: simulated customers through the broker")
+        report = run_kafka_simulation(_settings(), console, customers=200, decisions=300)
+        console.print(f"simulation report: [bold]{report}[/bold]")
     raise typer.Exit(code)
 
 
