@@ -22,7 +22,7 @@ from engine.campaign import Campaign
 from engine.clock import Clock, SystemClock
 from streams.dashboard import register_dashboard
 from streams.metrics import WorkerMetrics
-from streams.processor import Processor, Result, decode_pending
+from streams.processor import Processor, Result, decode_pending, decode_state_row
 from streams.settings import Settings
 from streams.timer_index import TimerIndex
 
@@ -162,8 +162,6 @@ class KairosApp:
 
         @app.page("/customers/{customer_id}")
         async def customer(web: Any, request: Any, customer_id: str) -> Any:
-            from engine.state import decode_state
-
             data = self.states.get(customer_id.encode())
             if data is None:
                 return web.json({"error": "unknown customer"}, status=404)
@@ -171,7 +169,7 @@ class KairosApp:
             pending = decode_pending(self.pending.get(customer_id.encode()))
             return web.json(
                 {
-                    "state": _state_view(decode_state(data)),
+                    "state": _state_view(decode_state_row(data)[0]),
                     "open_decisions": [o.decision.decision_id for o in pending.open],
                 }
             )
@@ -247,12 +245,12 @@ class KairosApp:
 
     def _rebuild_index(self) -> None:
         """Re-read due times from the tables of the partitions this worker now holds."""
-        from engine.state import decode_state
-
         started = time.perf_counter()
         self.timers.clear()
         for key, data in self.states.items():
-            state = decode_state(data)
+            state, _ = decode_state_row(data)
+            if state is None:
+                continue
             dues = [due_at for due_at, _ in state.timers.values()]
             if dues:
                 self.timers.schedule(key.decode(), min(dues))

@@ -8,6 +8,7 @@ component tests and benchmarks drive it with plain dictionaries.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -183,7 +184,12 @@ class Processor:
         if key is not None and key != customer_id.encode():
             return self._reroute(raw, source, customer_id)
         self.metrics.events_in.labels(type=event.type).inc()
-        prev = _load_state(rows.state(customer_id))
+        prev, applied = decode_state_row(rows.state(customer_id))
+        _, partition, offset = source
+        if prev is not None and applied.partition == partition and offset <= applied.offset:
+            # A redelivery after a crash: the state row already holds this record's effect.
+            self.metrics.duplicates.labels(kind="event_replay").inc()
+            return Result(customer_id)
         if prev is not None and is_duplicate(prev, event.event_id):
             self.metrics.duplicates.labels(kind="event").inc()
             return Result(customer_id)
@@ -192,7 +198,7 @@ class Processor:
         pending = decode_pending(rows.pending(customer_id))
         result = Result(customer_id)
         state = self._decide_all(state, pending, triggers, now, result)
-        return self._finish(result, state, pending)
+        return self._finish(result, state, pending, Applied(partition, offset))
 
     # ---- outcomes -----------------------------------------------------------------------------
 
@@ -236,20 +242,20 @@ class Processor:
         target.outcome_types.append(outcome.type)
         target.outcome_values.append(outcome.value)
         result = Result(customer_id)
-        state = _load_state(rows.state(customer_id))
+        state, applied = decode_state_row(rows.state(customer_id))
         if state is not None:
             channel = target.decision.action.get("channel")
             state = apply_outcome(state, outcome, channel)
         if outcome.type in CLOSING_OUTCOMES:
             self._close(pending, target, now, expired=False, result=result)
-        return self._finish(result, state, pending)
+        return self._finish(result, state, pending, applied)
 
     # ---- timers -------------------------------------------------------------------------------
 
     def on_tick(self, customer_id: str, rows: CustomerRows) -> Result:
         """Fire the customer's due timers (derived triggers) and close expired attribution windows."""
         now = self.clock.now()
-        state = _load_state(rows.state(customer_id))
+        state, applied = decode_state_row(rows.state(customer_id))
         pending = decode_pending(rows.pending(customer_id))
         result = Result(customer_id)
         if state is not None:
@@ -258,7 +264,7 @@ class Processor:
         now_epoch = now.timestamp()
         for item in [o for o in pending.open if o.deadline <= now_epoch]:
             self._close(pending, item, now, expired=not item.outcome_ids, result=result)
-        return self._finish(result, state, pending)
+        return self._finish(result, state, pending, applied)
 
     # ---- learning -----------------------------------------------------------------------------
 
@@ -370,10 +376,12 @@ class Processor:
             self.metrics.policy_ess.labels(campaign=decision.campaign).set(monitor.ess)
         self.learn(record)
 
-    def _finish(self, result: Result, state: CustomerState | None, pending: PendingSet) -> Result:
+    def _finish(
+        self, result: Result, state: CustomerState | None, pending: PendingSet, applied: Applied
+    ) -> Result:
         due_times: list[float] = [o.deadline for o in pending.open]
         if state is not None:
-            result.state = encode_state(state)
+            result.state = encode_state_row(state, applied)
             due_times.extend(due_at for due_at, _ in state.timers.values())
         result.pending = encode_pending(pending)
         result.next_due = min(due_times) if due_times else None
@@ -408,8 +416,33 @@ class Processor:
         )
 
 
-def _load_state(data: bytes | None) -> CustomerState | None:
-    return decode_state(data) if data else None
+class Applied(NamedTuple):
+    """Where the last event applied to a customer's state came from (events topic position)."""
+
+    partition: int
+    offset: int
+
+
+NOTHING_APPLIED = Applied(-1, -1)
+_ROW_HEADER = struct.Struct(">iq")
+
+
+def encode_state_row(state: CustomerState, applied: Applied) -> bytes:
+    """The customers-table row: the last applied event's partition and offset, then the state.
+
+    Kept in the same row as the state so that the two reach the changelog together: after a
+    crash, the records redelivered since the last offset commit are recognised exactly, however
+    many there are (the state's own ring of recent event ids only remembers the last few).
+    """
+    return _ROW_HEADER.pack(applied.partition, applied.offset) + encode_state(state)
+
+
+def decode_state_row(data: bytes | None) -> tuple[CustomerState | None, Applied]:
+    """Read a customers-table row; an absent row is no state and nothing applied."""
+    if not data:
+        return None, NOTHING_APPLIED
+    partition, offset = _ROW_HEADER.unpack_from(data)
+    return decode_state(data[_ROW_HEADER.size :]), Applied(partition, offset)
 
 
 def _find_open(pending: PendingSet, outcome: Outcome) -> OpenDecision | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -65,7 +66,15 @@ def raw_event(clock: ManualClock, cid: str, kind: str, **fields: Any) -> bytes:
     )
 
 
-SOURCE = ("kairos.events.v1", 0, 0)
+_offsets = itertools.count()
+
+
+def src() -> tuple[str, int, int]:
+    """The next position on the events topic, as the agent would pass it."""
+    return ("kairos.events.v1", 0, next(_offsets))
+
+
+SOURCE = ("kairos.events.v1", 0, 0)  # for records whose position does not matter
 
 
 def decisions_of(result: Result, settings: Settings) -> list[Any]:
@@ -78,16 +87,20 @@ def test_an_explicit_abandonment_yields_one_decision_and_a_replay_none(
     processor: Processor, clock: ManualClock
 ) -> None:
     rows = Rows()
-    rows.save(processor.on_event(raw_event(clock, "c1", "cart_add", price=80.0), rows, SOURCE))
+    rows.save(processor.on_event(raw_event(clock, "c1", "cart_add", price=80.0), rows, src()))
     trigger = raw_event(clock, "c1", "cart_abandoned", event_id="abandon-1")
-    first = rows.save(processor.on_event(trigger, rows, SOURCE))
+    position = src()
+    first = rows.save(processor.on_event(trigger, rows, position))
     decisions = decisions_of(first, processor.settings)
     assert len(decisions) == 1
     assert decisions[0].campaign == "cart_abandonment"
     assert decisions[0].trigger_event_id == "abandon-1"
     # The same record again (an at-least-once redelivery) decides nothing new.
-    again = rows.save(processor.on_event(trigger, rows, SOURCE))
+    again = rows.save(processor.on_event(trigger, rows, position))
     assert decisions_of(again, processor.settings) == []
+    # The same event re-sent by its producer (a new offset) is caught by its event id.
+    resent = rows.save(processor.on_event(trigger, rows, src()))
+    assert decisions_of(resent, processor.settings) == []
 
 
 def test_a_replay_after_losing_the_state_write_does_not_decide_twice(
@@ -95,11 +108,12 @@ def test_a_replay_after_losing_the_state_write_does_not_decide_twice(
 ) -> None:
     rows = Rows()
     trigger = raw_event(clock, "c2", "cart_abandoned", event_id="abandon-2")
-    first = processor.on_event(trigger, rows, SOURCE)
+    position = src()
+    first = processor.on_event(trigger, rows, position)
     # Crash: only the pending-decisions row reached the changelog, not the state row.
     assert first.pending is not None
     rows.pendings["c2"] = first.pending
-    replay = processor.on_event(trigger, rows, SOURCE)
+    replay = processor.on_event(trigger, rows, position)
     assert len(decisions_of(first, processor.settings)) == 1
     assert decisions_of(replay, processor.settings) == []
 
@@ -108,7 +122,7 @@ def test_a_conversion_with_the_decision_id_is_rewarded_once_and_the_model_learns
     processor: Processor, clock: ManualClock
 ) -> None:
     rows = Rows()
-    result = rows.save(processor.on_event(raw_event(clock, "c3", "cart_abandoned"), rows, SOURCE))
+    result = rows.save(processor.on_event(raw_event(clock, "c3", "cart_abandoned"), rows, src()))
     decision = decisions_of(result, processor.settings)[0]
     version_before = processor.runtimes["cart_abandonment"].bandit.version
     outcome = orjson.dumps(
@@ -149,7 +163,7 @@ def test_cart_silence_becomes_an_abandonment_after_the_timeout(
 ) -> None:
     rows = Rows()
     added = rows.save(
-        processor.on_event(raw_event(clock, "c4", "cart_add", price=60.0), rows, SOURCE)
+        processor.on_event(raw_event(clock, "c4", "cart_add", price=60.0), rows, src())
     )
     assert decisions_of(added, processor.settings) == []
     assert added.next_due == pytest.approx(START.timestamp() + 1800.0)
@@ -168,7 +182,7 @@ def test_an_unanswered_decision_gets_the_default_reward_when_its_window_closes(
     processor: Processor, clock: ManualClock
 ) -> None:
     rows = Rows()
-    result = rows.save(processor.on_event(raw_event(clock, "c5", "cart_abandoned"), rows, SOURCE))
+    result = rows.save(processor.on_event(raw_event(clock, "c5", "cart_abandoned"), rows, src()))
     decision = decisions_of(result, processor.settings)[0]
     window = (decision.attribution_deadline - decision.decided_ts).total_seconds()
     clock.advance(window + 1)
@@ -214,11 +228,11 @@ def test_an_event_keyed_by_another_id_is_sent_back_under_its_customer_id(
 ) -> None:
     rows = Rows()
     raw = raw_event(clock, "c7", "cart_abandoned")
-    result = processor.on_event(raw, rows, SOURCE, key=b"session-42")
+    result = processor.on_event(raw, rows, src(), key=b"session-42")
     assert result.customer_id is None and rows.states == {}
     assert [(o.topic, o.key, o.value) for o in result.outputs] == [(SOURCE[0], b"c7", raw)]
     # Under the right key it is processed.
-    assert decisions_of(processor.on_event(raw, rows, SOURCE, key=b"c7"), processor.settings)
+    assert decisions_of(processor.on_event(raw, rows, src(), key=b"c7"), processor.settings)
 
 
 def test_a_failure_inside_processing_is_dead_lettered_with_its_cause(
@@ -228,3 +242,20 @@ def test_a_failure_inside_processing_is_dead_lettered_with_its_cause(
     letter = orjson.loads(result.outputs[0].value)
     assert letter["reason"] == "processing_error"
     assert "boom" in letter["detail"]
+
+
+def test_every_event_redelivered_after_a_crash_is_recognised_not_only_the_last_few(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = Rows()
+    positions = [src() for _ in range(40)]
+    events = [
+        raw_event(clock, "c8", "purchase", order_value=10.0, product_id=f"p{i}") for i in range(40)
+    ]
+    for raw, position in zip(events, positions, strict=True):
+        rows.save(processor.on_event(raw, rows, position))
+    before = rows.states["c8"]
+    # The offsets were never committed: all 40 come again, far more than the id ring holds.
+    for raw, position in zip(events, positions, strict=True):
+        assert rows.save(processor.on_event(raw, rows, position)).state is None
+    assert rows.states["c8"] == before
