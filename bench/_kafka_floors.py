@@ -54,31 +54,11 @@ def run_faust(settings: Settings, source: str, sink: str, app_id: str) -> None:
     import faust
     from faust.worker import Worker
 
+    from streams.app import faust_options
+
     s = settings
-    # The same keyword arguments as streams/app.py KairosApp._build_faust_app (minus credentials).
-    app = faust.App(
-        app_id,
-        broker=s.broker_url,
-        store="rocksdb://",
-        datadir=str(s.data_dir),
-        topic_partitions=s.partitions,
-        topic_replication_factor=s.replication_factor,
-        broker_session_timeout=s.session_timeout_s,
-        broker_heartbeat_interval=s.heartbeat_interval_s,
-        broker_rebalance_timeout=s.rebalance_timeout_s,
-        broker_commit_interval=s.commit_interval_s,
-        consumer_auto_offset_reset="earliest",
-        producer_linger=s.producer_linger_ms / 1000.0,
-        producer_acks=s.producer_acks,
-        processing_guarantee=s.processing_guarantee,
-        topic_disable_leader=True,
-        table_cleanup_interval=3600.0,
-        web_enabled=True,
-        web_host=s.web_host,
-        web_port=s.web_port,
-        web_bind=s.web_host,
-        web_in_thread=False,
-    )
+    # The same Faust settings as the Kairos worker (streams.app.faust_options), plain faust.App.
+    app = faust.App(app_id, **faust_options(s))
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     inbound = app.topic(source, partitions=s.partitions, **raw)
     outbound = app.topic(sink, **raw)

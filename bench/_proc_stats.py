@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 import time
 from importlib import metadata
 from pathlib import Path
+
+from bench.report import memory_gib
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -67,25 +68,9 @@ class CpuMeter:
         return out
 
 
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def ram_gib() -> float:
-    """Total memory in GiB from /proc/meminfo."""
-    try:
-        text = Path("/proc/meminfo").read_text()
-    except OSError:
-        return 0.0
-    found = re.search(r"MemTotal:\s+(\d+) kB", text)
-    return int(found.group(1)) / 1024 / 1024 if found else 0.0
+    """Total memory in GiB."""
+    return memory_gib()
 
 
 def kafka_version(repo: Path) -> str:

@@ -45,13 +45,13 @@ from bench._measure_steps import (
 )
 from bench._proc_stats import (
     broker_pid,
-    cpu_model,
     kafka_version,
     package_version,
     ram_gib,
     wait_quiet,
 )
 from bench._worker_profile import Profile, start_sampling, summarise
+from bench.report import cpu_model
 from streams.demo import free_port
 from streams.settings import Settings
 from streams.topics import ensure_topics
