@@ -94,6 +94,8 @@ class KairosApp:
         self.started_at = time.monotonic()
         self._published_versions: dict[str, int] = {}
         self._partition_counts: dict[str, int] = {}
+        self._positions: dict[tuple[str, int], int] = {}
+        self._rows = 0
         self._snapshot_key = settings.snapshot_key.encode() if settings.snapshot_key else None
         self._rebuild_timers = True
         self.app = self._build_faust_app()
@@ -189,6 +191,7 @@ class KairosApp:
         message = event.message
         topic = message.topic
         source = (topic, message.partition, message.offset)
+        self._positions[(topic, message.partition)] = message.offset
         value: bytes = event.value if isinstance(event.value, bytes) else b""
         key = event.key if isinstance(event.key, bytes) else None
         names = self.settings.topics
@@ -219,6 +222,9 @@ class KairosApp:
             key = result.customer_id.encode()
             if result.state is not None:
                 self.states[key] = result.state
+                if result.new_customer:
+                    self._rows += 1
+                    self.metrics.table_rows.labels(table="customers").set(self._rows)
             if result.pending is not None:
                 self.pending[key] = result.pending
             self.timers.schedule(result.customer_id, result.next_due)
@@ -250,12 +256,30 @@ class KairosApp:
         for customer_id in self.timers.pop_due(self.clock.now().timestamp()):
             await self.ticks_topic.send(key=customer_id.encode(), value=b"")
         self.metrics.pending_timers.set(len(self.timers.due_at))
+        self._report_lag()
+
+    def _report_lag(self) -> None:
+        """Consumer lag per source partition: the broker's end offset minus the next to process."""
+        names = self.settings.topics
+        for tp in self.app.consumer.assignment():
+            if tp.topic not in (names.events, names.outcomes):
+                continue
+            end = self.app.consumer.highwater(tp)
+            if end is None:
+                continue
+            last = self._positions.get((tp.topic, tp.partition))
+            behind = end - (last + 1 if last is not None else 0)
+            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                max(0, behind)
+            )
 
     def _rebuild_index(self) -> None:
         """Re-read due times from the tables of the partitions this worker now holds."""
         started = time.perf_counter()
         self.timers.clear()
+        self._rows = 0
         for key, data in self.states.items():
+            self._rows += 1
             state, _ = decode_state_row(data)
             if state is None:
                 continue
@@ -271,6 +295,7 @@ class KairosApp:
                 self.timers.schedule(
                     customer_id, soonest if current is None else min(current, soonest)
                 )
+        self.metrics.table_rows.labels(table="customers").set(self._rows)
         log.info(
             "timer index rebuilt: %d customers in %.3f s",
             len(self.timers.due_at),

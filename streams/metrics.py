@@ -121,6 +121,15 @@ class WorkerMetrics:
             ["campaign"],
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "kairos_consumer_lag",
+            "Records on the broker not yet processed, per source topic partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.table_rows = Gauge(
+            "kairos_table_rows", "Rows in this worker's tables (customers)", ["table"], registry=r
+        )
         self.pending_timers = Gauge(
             "kairos_pending_timers", "Timers and attribution deadlines indexed", registry=r
         )

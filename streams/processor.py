@@ -111,6 +111,7 @@ class Result:
     pending: bytes | None = None
     outputs: list[Output] = field(default_factory=list)
     next_due: float | None = None
+    new_customer: bool = False
     decisions: list[Decision] = field(default_factory=list)
     rewards: list[RewardRecord] = field(default_factory=list)
 
@@ -196,7 +197,7 @@ class Processor:
         state = apply(prev, event)
         triggers, state = detect(prev, state, event, self.trigger_config)
         pending = decode_pending(rows.pending(customer_id))
-        result = Result(customer_id)
+        result = Result(customer_id, new_customer=prev is None)
         state = self._decide_all(state, pending, triggers, now, result)
         return self._finish(result, state, pending, Applied(partition, offset))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from streams.settings import Settings
 from streams.worker_process import WorkerProcess
 from tests.integration.kafka_io import TopicReader, event, produce
+from tests.integration.metrics_scrape import scrape, total
 
 
 def _customer(worker: WorkerProcess, customer_id: str) -> dict[str, object]:
@@ -33,7 +34,12 @@ def test_events_reach_the_worker_and_decisions_reach_the_action_topic(
         got = decisions.until(lambda r: len({d["customer_id"] for d in r}) >= len(customers))
         # Nothing more arrives for these triggers: one decision per explicit abandonment.
         decisions.poll(1.0)
+        samples = scrape(worker.url)
     decisions.close()
+    # Operators see every customer row and a drained consumer.
+    assert total(samples, "kairos_table_rows", table="customers") == len(customers)
+    assert total(samples, "kairos_consumer_lag", topic=settings.topics.events) == 0
+    assert total(samples, "kairos_events_total") == len(journeys)
     by_customer = {d["customer_id"] for d in got}
     assert by_customer == set(customers)
     cart = [d for d in got if d["campaign"] == "cart_abandonment"]
