@@ -40,6 +40,7 @@ from schemas.codec import (
 )
 from schemas.records import Decision, Outcome, RewardRecord, Trigger
 from streams.dead_letters import dead_letter_record
+from streams.logs import customer_ref
 from streams.metrics import WorkerMetrics
 from streams.settings import Settings
 
@@ -320,6 +321,19 @@ class Processor:
                     explore=str(decision.explore).lower(),
                     holdout=str(decision.holdout).lower(),
                 ).inc()
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "decided",
+                        extra={
+                            "customer": customer_ref(
+                                decision.customer_id, self.settings.log_customer_ids
+                            ),
+                            "campaign": decision.campaign,
+                            "action": decision.action_id,
+                            "propensity": decision.propensity,
+                            "reason": decision.reason,
+                        },
+                    )
                 latency = (decision.decided_ts - decision.trigger_ts).total_seconds()
                 if latency >= 0:
                     self.metrics.latency.observe(latency)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -259,3 +260,23 @@ def test_every_event_redelivered_after_a_crash_is_recognised_not_only_the_last_f
     for raw, position in zip(events, positions, strict=True):
         assert rows.save(processor.on_event(raw, rows, position)).state is None
     assert rows.states["c8"] == before
+
+
+@pytest.mark.parametrize("mode", ["plain", "hashed", "omitted"])
+def test_decision_logs_show_customer_ids_only_as_the_setting_allows(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    settings = Settings(log_customer_ids=mode)  # type: ignore[arg-type]
+    processor = Processor(settings, [builtin_campaign("cart_abandonment")], clock)
+    rows = Rows()
+    with caplog.at_level(logging.DEBUG, logger="kairos.processor"):
+        processor.on_event(raw_event(clock, "secret-customer-42", "cart_abandoned"), rows, src())
+    records = [r for r in caplog.records if r.getMessage() == "decided"]
+    assert len(records) == 1
+    logged = records[0].__dict__["customer"]
+    text = " ".join(str(v) for v in records[0].__dict__.values())
+    if mode == "plain":
+        assert logged == "secret-customer-42"
+    else:
+        assert "secret-customer-42" not in text
+        assert (logged is None) == (mode == "omitted")
