@@ -187,6 +187,29 @@ def encode_state(state: CustomerState) -> bytes:
     return _ENCODER.encode(_Wire(*values))
 
 
+class _Activity(msgspec.Struct, array_like=True):
+    """The leading fields of the stored layout: enough to tell how long a customer was idle."""
+
+    customer_id: str = ""
+    first_seen: int = 0
+    last_seen: int = 0
+
+
+_ACTIVITY_DECODER: Final = msgspec.msgpack.Decoder(_Activity)
+assert _Activity.__struct_fields__ == _FIELDS[:3], "_Activity must be a prefix of the layout"
+
+
+def decode_last_seen(data: bytes | bytearray | memoryview) -> int:
+    """Last event time (epoch s) of stored state, decoding only its first fields: a cheap scan.
+
+    Used by the sweep that finds idle customers to expire, which reads every row of the table.
+    """
+    try:
+        return _ACTIVITY_DECODER.decode(data).last_seen
+    except msgspec.DecodeError as exc:
+        raise StateError(f"cannot decode customer state: {exc}") from None
+
+
 def decode_state(data: bytes | bytearray | memoryview) -> CustomerState:
     """Deserialize state written by encode_state; raises StateError on corrupt bytes."""
     try:

@@ -9,6 +9,7 @@ rebalance) turns each due time into a tick record that the agent handles like an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -20,9 +21,16 @@ from faust.types import EventT
 
 from engine.campaign import Campaign
 from engine.clock import Clock, SystemClock
+from engine.state import StateError, decode_last_seen
 from streams.dashboard import register_dashboard
 from streams.metrics import WorkerMetrics
-from streams.processor import Processor, Result, decode_pending, decode_state_row
+from streams.processor import (
+    ROW_HEADER_SIZE,
+    Processor,
+    Result,
+    decode_pending,
+    decode_state_row,
+)
 from streams.settings import Settings
 from streams.timer_index import TimerIndex
 
@@ -135,6 +143,10 @@ class KairosApp:
         async def fire_timers() -> None:
             await self._fire_due()
 
+        @app.timer(interval=s.state_sweep_interval_s, name="kairos.retention")  # type: ignore[untyped-decorator]
+        async def sweep_idle() -> None:
+            await self.sweep_idle_customers()
+
         @app.timer(interval=s.snapshot_interval_s, name="kairos.snapshots")  # type: ignore[untyped-decorator]
         async def publish_snapshots() -> None:
             await self.publish_snapshots()
@@ -218,7 +230,16 @@ class KairosApp:
         return bool((murmur2(key) & 0x7FFFFFFF) % partitions != message.partition)
 
     async def _apply(self, result: Result) -> None:
-        if result.customer_id is not None:
+        if result.customer_id is not None and result.expired:
+            key = result.customer_id.encode()
+            if key in self.states:
+                del self.states[key]  # a tombstone in the changelog: compaction drops the row
+                self._rows = max(0, self._rows - 1)
+                self.metrics.table_rows.labels(table="customers").set(self._rows)
+            if key in self.pending:
+                del self.pending[key]
+            self.timers.schedule(result.customer_id, None)
+        elif result.customer_id is not None:
             key = result.customer_id.encode()
             if result.state is not None:
                 self.states[key] = result.state
@@ -257,6 +278,35 @@ class KairosApp:
             await self.ticks_topic.send(key=customer_id.encode(), value=b"")
         self.metrics.pending_timers.set(len(self.timers.due_at))
         self._report_lag()
+
+    async def sweep_idle_customers(self, chunk: int = 2_000) -> int:
+        """Send a tick for each customer idle past the state TTL; the agent then removes the rows.
+
+        Table writes must happen in the agent (Faust's rule), so the sweep only finds candidates;
+        the tick re-checks under the customer's partition order. The scan yields to the event
+        loop every `chunk` rows so that decisions keep flowing while a large table is read.
+        """
+        if not self.ready or self.app.rebalancing:
+            return 0
+        now = self.clock.now()
+        found: list[bytes] = []
+        try:
+            for n, (key, data) in enumerate(self.states.items(), start=1):
+                if isinstance(data, bytes) and self.processor.idle_past_retention(
+                    decode_last_seen(data[ROW_HEADER_SIZE:]), now
+                ):
+                    found.append(key)
+                if n % chunk == 0:
+                    await asyncio.sleep(0)
+                    if self.app.rebalancing:
+                        return 0  # the partitions may have moved: the next sweep starts over
+        except StateError:
+            log.exception("retention sweep stopped at an unreadable customer row")
+        for key in found:
+            await self.ticks_topic.send(key=key, value=b"")
+        if found:
+            log.info("retention sweep: %d idle customers to expire", len(found))
+        return len(found)
 
     def _report_lag(self) -> None:
         """Consumer lag per source partition: the broker's end offset minus the next to process."""

@@ -36,6 +36,11 @@ class WorkerMetrics:
         self.outcomes_in = Counter(
             "kairos_outcomes_total", "Outcomes consumed, by type", ["type"], registry=r
         )
+        self.expired_customers = Counter(
+            "kairos_expired_customers_total",
+            "Customers removed from the tables after the state TTL with nothing open",
+            registry=r,
+        )
         self.duplicates = Counter(
             "kairos_duplicates_total", "Records ignored as already processed", ["kind"], registry=r
         )

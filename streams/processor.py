@@ -115,6 +115,8 @@ class Result:
     new_customer: bool = False
     decisions: list[Decision] = field(default_factory=list)
     rewards: list[RewardRecord] = field(default_factory=list)
+    expired: bool = False
+    """True when the customer's rows are to be deleted (idle past the retention period)."""
 
 
 class CustomerRows(Protocol):
@@ -266,7 +268,18 @@ class Processor:
         now_epoch = now.timestamp()
         for item in [o for o in pending.open if o.deadline <= now_epoch]:
             self._close(pending, item, now, expired=not item.outcome_ids, result=result)
+        if not pending.open and (state is None or self.idle_past_retention(state.last_seen, now)):
+            # Retention: nothing is open and the customer has been idle past the TTL (or only a
+            # pending row is left): remove both rows. The rewards just closed still go out.
+            if state is not None or rows.pending(customer_id) is not None:
+                result.expired = True
+                self.metrics.expired_customers.inc()
+            return result
         return self._finish(result, state, pending, applied)
+
+    def idle_past_retention(self, last_seen: int, now: datetime) -> bool:
+        """True if a customer last seen at `last_seen` (epoch s) is past the state TTL at `now`."""
+        return last_seen + self.settings.state_ttl_days * 86_400 <= now.timestamp()
 
     # ---- learning -----------------------------------------------------------------------------
 
@@ -440,6 +453,7 @@ class Applied(NamedTuple):
 
 NOTHING_APPLIED = Applied(-1, -1)
 _ROW_HEADER = struct.Struct(">iq")
+ROW_HEADER_SIZE = _ROW_HEADER.size
 
 
 def encode_state_row(state: CustomerState, applied: Applied) -> bytes:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     cart_abandon_after_s: float = Field(default=1800.0, gt=0)
     lapse_after_days: float = Field(default=60.0, gt=0)
     timer_tick_s: float = Field(default=0.25, gt=0, description="How often due timers are checked.")
+    # Retention: a customer idle this long, with no open decision, is removed from both tables
+    # (a tombstone in the changelog), so the tables hold the active customers, not everyone ever.
+    state_ttl_days: float = Field(default=400.0, gt=0)
+    state_sweep_interval_s: float = Field(
+        default=3600.0, gt=0, description="How often the tables are scanned for idle customers."
+    )
     # Learning across workers: "local" learns in process (one worker, or an experiment);
     # "remote" decides only and follows the snapshots that `kairos learner` publishes.
     learning: Literal["local", "remote"] = "local"
@@ -118,6 +124,16 @@ class Settings(BaseSettings):
                 return [item.strip().strip("'\"") for item in text[1:-1].split(",") if item.strip()]
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _retention_outlives_lapse(self) -> Settings:
+        """Expiring a customer before the lapse trigger could fire would silently disable it."""
+        if self.state_ttl_days <= self.lapse_after_days:
+            raise ValueError(
+                f"state_ttl_days ({self.state_ttl_days}) must exceed lapse_after_days "
+                f"({self.lapse_after_days}): idle customers must live long enough to lapse"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -35,7 +35,10 @@ class Rows:
         return self.pendings.get(customer_id)
 
     def save(self, result: Result) -> Result:
-        if result.customer_id is not None:
+        if result.customer_id is not None and result.expired:
+            self.states.pop(result.customer_id, None)
+            self.pendings.pop(result.customer_id, None)
+        elif result.customer_id is not None:
             if result.state is not None:
                 self.states[result.customer_id] = result.state
             if result.pending is not None:
@@ -280,3 +283,38 @@ def test_decision_logs_show_customer_ids_only_as_the_setting_allows(
     else:
         assert "secret-customer-42" not in text
         assert (logged is None) == (mode == "omitted")
+
+
+def test_an_idle_customer_is_removed_after_the_ttl_but_not_while_a_decision_is_open(
+    clock: ManualClock,
+) -> None:
+    ttl_s = 3600.0  # shorter than the cart campaign's 2 h window, to have a window outlive it
+    settings = Settings(state_ttl_days=ttl_s / 86_400, lapse_after_days=0.01)
+    processor = Processor(settings, [builtin_campaign("cart_abandonment")], clock)
+    rows = Rows()
+    rows.save(processor.on_event(raw_event(clock, "idle", "page_view"), rows, src()))
+    busy = rows.save(processor.on_event(raw_event(clock, "busy", "cart_abandoned"), rows, src()))
+    (decision,) = decisions_of(busy, settings)
+    assert set(rows.states) == {"idle", "busy"}
+    clock.advance(ttl_s - 1)
+    assert not rows.save(processor.on_tick("idle", rows)).expired
+    assert "idle" in rows.states
+    clock.advance(1)
+    gone = rows.save(processor.on_tick("idle", rows))
+    assert gone.expired and "idle" not in rows.states and "idle" not in rows.pendings
+    assert processor.metrics.expired_customers._value.get() == 1
+    # A tick for a customer with no rows writes nothing and counts nothing.
+    ghost = rows.save(processor.on_tick("idle", rows))
+    assert not ghost.expired and ghost.state is None and ghost.pending is None
+    assert "idle" not in rows.pendings
+    # Past the TTL, but the decision's window is open: the customer is kept.
+    kept = rows.save(processor.on_tick("busy", rows))
+    assert not kept.expired and "busy" in rows.states
+    # When the window closes, its default reward goes out and the same tick removes the rows.
+    clock.set(decision.attribution_deadline + timedelta(seconds=1))
+    last = rows.save(processor.on_tick("busy", rows))
+    assert last.expired and "busy" not in rows.states and "busy" not in rows.pendings
+    assert [decode_reward(o.value).decision.decision_id for o in last.outputs] == [
+        decision.decision_id
+    ]
+    assert processor.metrics.expired_customers._value.get() == 2

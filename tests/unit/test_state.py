@@ -22,6 +22,7 @@ from engine.state import (
     apply,
     apply_outcome,
     cart_value,
+    decode_last_seen,
     decode_state,
     encode_state,
     is_duplicate,
@@ -337,3 +338,10 @@ def test_state_round_trips(evs: list[Event], sends: list[int]) -> None:
         state, timers={"cart_abandoned": (EPOCH0 + 1800, str(uuid.uuid4())), "x": (1, "e")}
     )
     assert decode_state(encode_state(state)) == state
+
+
+def test_the_idle_scan_reads_last_seen_without_decoding_the_whole_state() -> None:
+    state = CustomerState(customer_id="c", first_seen=10, last_seen=1234, categories={"x": 3})
+    assert decode_last_seen(encode_state(state)) == 1234
+    with pytest.raises(StateError):
+        decode_last_seen(b"\xc1not msgpack")

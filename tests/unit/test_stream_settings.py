@@ -82,3 +82,9 @@ def test_sasl_and_ssl_settings_reach_the_kafka_clients() -> None:
     assert config["sasl.username"] == "kairos"
     assert config["ssl.ca.location"] == "/etc/ca.pem"
     assert "secret" not in repr(s)
+
+
+def test_a_state_ttl_shorter_than_the_lapse_period_is_refused() -> None:
+    with pytest.raises(ValidationError, match="state_ttl_days"):
+        Settings(state_ttl_days=30.0, lapse_after_days=60.0)
+    assert Settings(state_ttl_days=61.0, lapse_after_days=60.0).state_ttl_days == 61.0
