@@ -82,6 +82,16 @@ def faust_options(s: Settings) -> dict[str, Any]:
     )
 
 
+def rocksdb_options(s: Settings) -> dict[str, int]:
+    """Bounded RocksDB memory per table partition (Faust's store reads these table options)."""
+    mib = 1024 * 1024
+    return {
+        "block_cache_size": s.rocksdb_block_cache_mib * mib,
+        "write_buffer_size": s.rocksdb_write_buffer_mib * mib,
+        "max_write_buffer_number": s.rocksdb_max_write_buffers,
+    }
+
+
 class KairosApp:
     """A configured worker: the Faust app plus the processor and the timer index it drives."""
 
@@ -124,10 +134,18 @@ class KairosApp:
         self.out_topics[names.events] = self.events_topic
         self.out_topics[names.outcomes] = self.outcomes_topic
         self.states = app.Table(
-            "customers", partitions=s.partitions, key_type=bytes, value_type=bytes
+            "customers",
+            partitions=s.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            options=rocksdb_options(s),
         )
         self.pending = app.Table(
-            "pending", partitions=s.partitions, key_type=bytes, value_type=bytes
+            "pending",
+            partitions=s.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            options=rocksdb_options(s),
         )
         source = app.topic(
             names.events, names.outcomes, names.ticks, partitions=s.partitions, **raw

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     cart_abandon_after_s: float = Field(default=1800.0, gt=0)
     lapse_after_days: float = Field(default=60.0, gt=0)
     timer_tick_s: float = Field(default=0.25, gt=0, description="How often due timers are checked.")
+    # RocksDB memory, per table partition this worker holds (Faust's defaults are a 2 GiB block
+    # cache and 3 x 64 MiB write buffers per partition: unbounded in practice). The worst case is
+    # partitions held x 2 tables x (cache + buffers x buffer size): 24 x 32 MiB for 12 partitions.
+    rocksdb_block_cache_mib: int = Field(default=16, ge=1)
+    rocksdb_write_buffer_mib: int = Field(default=8, ge=1)
+    rocksdb_max_write_buffers: int = Field(default=2, ge=2)
     # Retention: a customer idle this long, with no open decision, is removed from both tables
     # (a tombstone in the changelog), so the tables hold the active customers, not everyone ever.
     state_ttl_days: float = Field(default=400.0, gt=0)

@@ -76,3 +76,12 @@ def test_idle_customers_are_removed_and_the_removal_survives_a_changelog_restore
         while _status(worker, idle[0]) != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _status(worker, idle[0]) == 200
+    # The tables' RocksDB memory is bounded by the settings, not Faust's defaults (a 2 GiB block
+    # cache and 3 x 64 MiB write buffers per partition): RocksDB records what it opened with.
+    options = sorted(settings.data_dir.rglob("OPTIONS-*"))
+    tables = {path.parent.name.split("-")[0] for path in options}
+    assert tables == {"customers", "pending"}, options
+    for path in options:
+        text = path.read_text()
+        assert f"write_buffer_size={settings.rocksdb_write_buffer_mib * 1024 * 1024}\n" in text
+        assert f"max_write_buffer_number={settings.rocksdb_max_write_buffers}\n" in text
