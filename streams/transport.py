@@ -11,7 +11,9 @@ Flush: before committing offsets Faust flushes its producer buffer (table change
 the buffer's flush returns as soon as one message takes more than 0.1 s to go out, with records
 still queued. Offsets could then be committed ahead of changelog records, and a SIGKILL in that
 window lost a customer's state update (seen in tests/integration/test_reliability.py). The
-buffer here drains completely before the commit goes on.
+buffer here drains completely before the commit goes on. "Drained" also covers the message the
+buffer's sender task has already taken off its queue but not yet handed to the Kafka client (the
+queue is empty then, yet the record is in neither place that a flush waits for).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
 
 async def _drain(buffer: Any) -> None:
     """Wait until every buffered message has been handed to the client (no early return)."""
-    while buffer.size:
+    while buffer.size or buffer.kairos_in_hand:
         if buffer.state != "running":
             raise RuntimeError("cannot flush: producer not running")
         buffer.message_sent.clear()
@@ -56,12 +58,30 @@ async def _drain(buffer: Any) -> None:
             continue  # still sending: keep waiting, never commit ahead of the changelog
 
 
+def _counting_sender(buffer: Any) -> Any:
+    """Wrap the buffer's per-message send so that a message between queue and client is counted."""
+    send = buffer._send_pending
+
+    async def send_pending(fut: Any) -> None:
+        buffer.kairos_in_hand += 1
+        try:
+            await send(fut)
+        finally:
+            buffer.kairos_in_hand -= 1
+
+    return send_pending
+
+
 class DrainingProducer(faust_aiokafka.Producer):
     """Faust's aiokafka producer whose buffer flush drains completely."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.buffer.flush = types.MethodType(_drain, self.buffer)  # type: ignore[method-assign]
+        buffer: Any = self.buffer
+        buffer.kairos_in_hand = 0
+        # The sender task looks `_send_pending` up when it starts, after this instance attribute.
+        buffer._send_pending = _counting_sender(buffer)
+        buffer.flush = types.MethodType(_drain, buffer)
 
 
 class LowLatencyTransport(faust_aiokafka.Transport):
