@@ -93,6 +93,9 @@ def decode_pending(data: bytes | None) -> PendingSet:
     return PendingSet() if not data else _pending_decoder.decode(data)
 
 
+_EMPTY_PENDING = encode_pending(PendingSet())
+
+
 @dataclass
 class Output:
     """A record to send: topic name, key and value (already encoded)."""
@@ -199,10 +202,11 @@ class Processor:
             return Result(customer_id)
         state = apply(prev, event)
         triggers, state = detect(prev, state, event, self.trigger_config)
-        pending = decode_pending(rows.pending(customer_id))
+        pending_row = rows.pending(customer_id)
+        pending = decode_pending(pending_row)
         result = Result(customer_id, new_customer=prev is None)
         state = self._decide_all(state, pending, triggers, now, result)
-        return self._finish(result, state, pending, Applied(partition, offset))
+        return self._finish(result, state, pending, Applied(partition, offset), None, pending_row)
 
     # ---- outcomes -----------------------------------------------------------------------------
 
@@ -223,7 +227,8 @@ class Processor:
         if key is not None and key != customer_id.encode():
             return self._reroute(raw, source, customer_id)
         self.metrics.outcomes_in.labels(type=outcome.type).inc()
-        pending = decode_pending(rows.pending(customer_id))
+        pending_row = rows.pending(customer_id)
+        pending = decode_pending(pending_row)
         if outcome.outcome_id in pending.outcome_ids:
             self.metrics.duplicates.labels(kind="outcome").inc()
             return Result(customer_id)
@@ -246,21 +251,24 @@ class Processor:
         target.outcome_types.append(outcome.type)
         target.outcome_values.append(outcome.value)
         result = Result(customer_id)
-        state, applied = decode_state_row(rows.state(customer_id))
+        state_row = rows.state(customer_id)
+        state, applied = decode_state_row(state_row)
         if state is not None:
             channel = target.decision.action.get("channel")
             state = apply_outcome(state, outcome, channel)
         if outcome.type in CLOSING_OUTCOMES:
             self._close(pending, target, now, expired=False, result=result)
-        return self._finish(result, state, pending, applied)
+        return self._finish(result, state, pending, applied, state_row, pending_row)
 
     # ---- timers -------------------------------------------------------------------------------
 
     def on_tick(self, customer_id: str, rows: CustomerRows) -> Result:
         """Fire the customer's due timers (derived triggers) and close expired attribution windows."""
         now = self.clock.now()
-        state, applied = decode_state_row(rows.state(customer_id))
-        pending = decode_pending(rows.pending(customer_id))
+        state_row = rows.state(customer_id)
+        state, applied = decode_state_row(state_row)
+        pending_row = rows.pending(customer_id)
+        pending = decode_pending(pending_row)
         result = Result(customer_id)
         if state is not None:
             triggers, state = due(state, now, self.trigger_config)
@@ -271,11 +279,11 @@ class Processor:
         if not pending.open and (state is None or self.idle_past_retention(state.last_seen, now)):
             # Retention: nothing is open and the customer has been idle past the TTL (or only a
             # pending row is left): remove both rows. The rewards just closed still go out.
-            if state is not None or rows.pending(customer_id) is not None:
+            if state is not None or pending_row is not None:
                 result.expired = True
                 self.metrics.expired_customers.inc()
             return result
-        return self._finish(result, state, pending, applied)
+        return self._finish(result, state, pending, applied, state_row, pending_row)
 
     def idle_past_retention(self, last_seen: int, now: datetime) -> bool:
         """True if a customer last seen at `last_seen` (epoch s) is past the state TTL at `now`."""
@@ -405,13 +413,24 @@ class Processor:
         self.learn(record)
 
     def _finish(
-        self, result: Result, state: CustomerState | None, pending: PendingSet, applied: Applied
+        self,
+        result: Result,
+        state: CustomerState | None,
+        pending: PendingSet,
+        applied: Applied,
+        state_before: bytes | None,
+        pending_before: bytes | None,
     ) -> Result:
+        """Set the rows to write, leaving out those unchanged: each write is a changelog record."""
         due_times: list[float] = [o.deadline for o in pending.open]
         if state is not None:
-            result.state = encode_state_row(state, applied)
+            row = encode_state_row(state, applied)
+            if row != state_before:
+                result.state = row
             due_times.extend(due_at for due_at, _ in state.timers.values())
-        result.pending = encode_pending(pending)
+        row = encode_pending(pending)
+        if row != (_EMPTY_PENDING if pending_before is None else pending_before):
+            result.pending = row
         result.next_due = min(due_times) if due_times else None
         return result
 

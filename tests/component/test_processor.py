@@ -318,3 +318,23 @@ def test_an_idle_customer_is_removed_after_the_ttl_but_not_while_a_decision_is_o
         decision.decision_id
     ]
     assert processor.metrics.expired_customers._value.get() == 2
+
+
+def test_rows_that_did_not_change_are_not_written_again(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = Rows()
+    viewed = rows.save(processor.on_event(raw_event(clock, "quiet", "page_view"), rows, src()))
+    # Every table write is a changelog record: no decision, so no pending row at all.
+    assert viewed.state is not None and viewed.pending is None
+    assert "quiet" not in rows.pendings
+    # A tick with nothing due changes neither row.
+    idle_tick = rows.save(processor.on_tick("quiet", rows))
+    assert idle_tick.state is None and idle_tick.pending is None
+    # A decision does write the pending row, and the next plain event leaves it as it is.
+    decided = rows.save(
+        processor.on_event(raw_event(clock, "quiet", "cart_abandoned"), rows, src())
+    )
+    assert decided.pending is not None
+    after = rows.save(processor.on_event(raw_event(clock, "quiet", "page_view"), rows, src()))
+    assert after.state is not None and after.pending is None
