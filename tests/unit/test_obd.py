@@ -1,14 +1,15 @@
-"""Smoke test of the Open Bandit Dataset check (bench/obd.py) on the first rows of the sample."""
+"""Smoke test of the Open Bandit Dataset check (engine/obd.py, bench/obd.py) on the first rows."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench import obd
+from bench import obd as bench_obd
+from engine import obd
 from engine.evaluation import evaluate
 
-DATA = obd.DEFAULT_DATA
+DATA = bench_obd.DEFAULT_DATA
 
 pytestmark = pytest.mark.skipif(
     not (DATA / "random" / "all" / "all.csv").exists(), reason=f"no OBD sample at {DATA}"
@@ -48,7 +49,7 @@ def test_offline_estimates_on_a_few_thousand_rows() -> None:
 def test_report_runs_on_a_small_sample() -> None:
     """The whole check runs on 2,000 rows per log and writes every table row."""
     result = obd.run(DATA, n_sim=2000, seed=0, limit=2000)
-    text = obd.report(result)
+    text = bench_obd.report(result)
     for name in ("IPS", "SNIPS", "DM", "DR", "replay", "on-policy"):
         assert name in text
     assert "Saito" in text
