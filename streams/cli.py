@@ -169,6 +169,21 @@ def evaluate(
             "--input", "-i", help="File from `kairos export` (default: the rewards topic)."
         ),
     ] = None,
+    obd: Annotated[
+        Path | None,
+        typer.Option(
+            "--obd",
+            help="Instead: the Open Bandit Dataset sample in this directory (random/all/all.csv, "
+            "bts/all/all.csv, prior_bts.yaml). Estimates its Thompson policy from its random "
+            "logs (error vs its on-policy click rate) and Kairos' bandit trained on them.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="With --obd: only the first N rows of each log.")
+    ] = None,
+    n_sim: Annotated[
+        int, typer.Option(help="With --obd: Monte Carlo draws of the Thompson policy.")
+    ] = 100_000,
     campaign: Annotated[
         str | None, typer.Option(help="Logged campaign (needed if several).")
     ] = None,
@@ -183,18 +198,48 @@ def evaluate(
     ] = None,
     train_share: Annotated[float, typer.Option(help="Oldest share of records to train on.")] = 0.5,
     clip: Annotated[float, typer.Option(help="Floor on logged propensities.")] = 0.0,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (0: normal intervals).")] = 0,
+    bootstrap: Annotated[
+        int | None,
+        typer.Option(help="Bootstrap resamples (default 0: normal intervals; 1000 with --obd)."),
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     html: Annotated[Path | None, typer.Option(help="Write an HTML report here.")] = None,
 ) -> None:
-    """Estimate a candidate policy's value on the logged decisions (IPS, SNIPS, DM, DR)."""
+    """Estimate a candidate policy's value on the logged decisions (IPS, SNIPS, DM, DR).
+
+    With --obd DIR: the same estimators checked on the Open Bandit Dataset's real logs.
+    """
+    if obd is not None:
+        from streams.evaluate_obd import DEFAULT_BOOTSTRAP, run_evaluate_obd
+
+        given = {
+            "--input": source, "--campaign": campaign, "--candidate": candidate,
+            "--exploration": exploration, "--snapshot": snapshot,
+            "--train-share": train_share if train_share != 0.5 else None,
+            "--clip": clip if clip != 0.0 else None,
+        }  # fmt: skip
+        clash = [name for name, value in given.items() if value is not None]
+        if clash:
+            err.print(
+                f"[red]--obd evaluates the sample's own policies: drop {', '.join(clash)}[/red]"
+            )
+            raise typer.Exit(2)
+        raise typer.Exit(
+            run_evaluate_obd(
+                console, obd, limit=limit, n_sim=n_sim, seed=seed, html_path=html,
+                bootstrap=DEFAULT_BOOTSTRAP if bootstrap is None else bootstrap,
+            )
+        )  # fmt: skip
+    if limit is not None:
+        err.print("[red]--limit applies to --obd only[/red]")
+        raise typer.Exit(2)
     from streams.evaluate_command import run_evaluate
 
     raise typer.Exit(
         run_evaluate(
             _settings(), console, source=source, campaign_name=campaign, candidate_file=candidate,
             exploration=exploration, snapshot_file=snapshot, train_share=train_share, clip=clip,
-            bootstrap=bootstrap, seed=seed, html_path=html,
+            bootstrap=bootstrap or 0, seed=seed, html_path=html,
         )
     )  # fmt: skip
 

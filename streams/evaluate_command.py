@@ -262,16 +262,35 @@ def print_report(report: Report, console: Console) -> None:
 
 # ---- the HTML report --------------------------------------------------------------------------
 
+HTML_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}\n"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}\n"
+    "td:first-child{text-align:left}"
+)
+"""The reports' stylesheet (inline: the pages are self-contained)."""
 
-def _forest_svg(rows: Sequence[tuple[str, Estimate]], width: int = 640) -> str:
-    """Estimates as points with interval bars, on a shared axis (inline SVG)."""
+
+def forest_svg(
+    rows: Sequence[tuple[str, Estimate]],
+    width: int = 640,
+    muted: tuple[str, ...] = ("logged", "holdout"),
+    reference: float | None = None,
+) -> str:
+    """Estimates as points with interval bars on a shared axis (inline SVG).
+
+    Rows whose label starts with one of `muted` are drawn grey (the logged policies, not the
+    estimates); `reference` draws a dashed vertical line (e.g. a known true value).
+    """
     finite = [v for _, e in rows for v in (e.low, e.high, e.value) if math.isfinite(v)]
+    if reference is not None:
+        finite.append(reference)
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     pad = (hi - lo) * 0.05
     lo, hi = lo - pad, hi + pad
-    left, right, row_h = 190, 20, 28
+    left = max(190, 10 + 7 * max((len(label) for label, _ in rows), default=0))
+    right, row_h = 20, 28
     height = row_h * len(rows) + 40
 
     def x(v: float) -> float:
@@ -286,9 +305,14 @@ def _forest_svg(rows: Sequence[tuple[str, Estimate]], width: int = 640) -> str:
             f'<text x="{x(v):.1f}" y="{height - 8}" font-size="11" text-anchor="middle">'
             f"{v:.3g}</text>"
         )
+    if reference is not None:
+        parts.append(
+            f'<line x1="{x(reference):.1f}" y1="10" x2="{x(reference):.1f}" y2="{height - 25}" '
+            'stroke="#c0392b" stroke-dasharray="4 3"/>'
+        )
     for i, (label, e) in enumerate(rows):
         y = 25 + i * row_h
-        color = "#888" if label.startswith(("logged", "holdout")) else "#1f5fa8"
+        color = "#888" if label.startswith(muted) else "#1f5fa8"
         parts.append(
             f'<text x="{left - 10}" y="{y + 4}" font-size="12" text-anchor="end">'
             f"{html.escape(label)}</text>"
@@ -300,7 +324,7 @@ def _forest_svg(rows: Sequence[tuple[str, Estimate]], width: int = 640) -> str:
     return "".join(parts)
 
 
-def _weights_svg(weights: Sequence[float], width: int = 640, bins: int = 30) -> str:
+def weights_svg(weights: Sequence[float], width: int = 640, bins: int = 30) -> str:
     """Histogram of log10 importance weights (zero weights counted apart), inline SVG."""
     positive = [math.log10(w) for w in weights if w > 0.0]
     zeros = len(weights) - len(positive)
@@ -347,9 +371,7 @@ def render_html(report: Report) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Kairos off-policy evaluation: {html.escape(report.campaign)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:60em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-td:first-child{{text-align:left}}</style></head><body>
+<style>{HTML_STYLE}</style></head><body>
 <h1>Off-policy evaluation: {html.escape(report.campaign)}</h1>
 <p>Candidate: {html.escape(report.candidate)}.<br>
 Records: {report.n_records} ({report.n_train} for training, {ev.n} evaluated
@@ -358,8 +380,8 @@ Records: {report.n_records} ({report.n_train} for training, {ev.n} evaluated
 {ev.ess:,.0f}; propensity clip {ev.clip:g} ({ev.n_clipped} records clipped).</p>
 <table><tr><th>estimator</th><th>value</th><th>{ev.level:.0%} interval</th><th>std err</th>
 <th>ESS</th><th>interval</th></tr>{body}</table>
-<h2>Estimates and intervals</h2>{_forest_svg(rows)}
-<h2>Importance weights</h2>{_weights_svg(ev.weights)}
+<h2>Estimates and intervals</h2>{forest_svg(rows)}
+<h2>Importance weights</h2>{weights_svg(ev.weights)}
 <p>IPS: mean of w&middot;r with w = &pi;(a|x)/p. SNIPS: &Sigma;w&middot;r / &Sigma;w. DM: per-action
 ridge reward model, cross-fitted; its interval includes the model's fitting variance. DR: DM plus
 the weighted residual of the logged action. "normal" intervals use the per-record terms;
