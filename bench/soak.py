@@ -2,8 +2,10 @@
 
 One command: `python bench/soak.py [--rate 400] [--minutes 3]` (needs KAIROS_KAFKA_BOOTSTRAP, as
 `make bench-soak` sets it). The cart campaign runs with a 20 s attribution window so that windows
-close (default rewards) during the run: the pending-decision table must stay bounded. Writes the
-"Soak (bench/soak.py)" section of BENCHMARKS.md.
+close (default rewards) during the run: the pending-decision table must stay bounded. Customers
+come and go (new ones arrive at a steady rate, each active for a while), and the state TTL is
+short, so the customers table must plateau too. Writes the "Soak (bench/soak.py)" section of
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Sample:
     p99_ms: float
     open_decisions: float
     timers: float
+    customer_rows: float
+    expired: float
 
 
 def rss_mib(pid: int) -> float:
@@ -85,7 +89,11 @@ def metric(url: str, name: str) -> float:
 def produce_mixed(
     settings: Settings, rate: float, seconds: float, customers: int, stop: threading.Event
 ) -> int:
-    """Paced mixed stream, about one trigger in five events; returns how many were sent."""
+    """Paced mixed stream, about one trigger in five events; returns how many were sent.
+
+    Customers churn: `customers` are active at any time, and new ones replace the oldest at
+    rate/10 per second, so each customer is active for about 10 x customers / rate seconds.
+    """
     producer = Producer(producer_config(settings))
     rng = random.Random(11)
     start = time.perf_counter()
@@ -96,7 +104,8 @@ def produce_mixed(
         if delay > 0:
             time.sleep(min(delay, 0.005))
             continue
-        cid = f"soak-{rng.randrange(customers)}"
+        newest = customers + int(sent / 10)
+        cid = f"soak-{newest - rng.randrange(customers)}"
         kind = rng.choices(
             ["product_view", "cart_add", "purchase", "cart_abandoned"], weights=[50, 25, 5, 20]
         )[0]
@@ -117,7 +126,9 @@ def produce_mixed(
     return sent
 
 
-def run(rate: float, minutes: float, customers: int) -> tuple[list[Sample], int, float]:
+def run(
+    rate: float, minutes: float, customers: int, ttl_s: float
+) -> tuple[list[Sample], int, float]:
     """Soak one worker; return the samples, events sent and the worker's start RSS."""
     bootstrap = os.environ.get("KAIROS_KAFKA_BOOTSTRAP")
     if not bootstrap:
@@ -125,7 +136,13 @@ def run(rate: float, minutes: float, customers: int) -> tuple[list[Sample], int,
     run_dir = Path(tempfile.mkdtemp(prefix="kairos-soak-"))
     campaign = short_window_campaign(run_dir)
     settings = demo_settings(Settings(kafka_bootstrap=bootstrap), run_dir).model_copy(
-        update={"campaigns": [str(campaign)], "cart_abandon_after_s": 30.0}
+        update={
+            "campaigns": [str(campaign)],
+            "cart_abandon_after_s": 30.0,
+            "state_ttl_days": ttl_s / 86_400,
+            "lapse_after_days": ttl_s / 2 / 86_400,
+            "state_sweep_interval_s": 5.0,
+        }
     )
     ensure_topics(settings)
     consumer = Consumer(consumer_config(settings, f"{settings.app_id}-soak"))
@@ -169,6 +186,8 @@ def run(rate: float, minutes: float, customers: int) -> tuple[list[Sample], int,
                         open_decisions=metric(worker.url, "kairos_decisions_total")
                         - metric(worker.url, "kairos_rewards_total"),
                         timers=metric(worker.url, "kairos_pending_timers"),
+                        customer_rows=metric(worker.url, 'kairos_table_rows{table="customers"}'),
+                        expired=metric(worker.url, "kairos_expired_customers_total"),
                     )
                 )
                 print(samples[-1], flush=True)
@@ -189,28 +208,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=400.0, help="mixed events per second")
     parser.add_argument("--minutes", type=float, default=3.0)
-    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--customers", type=int, default=4_000, help="customers active at any time")
+    parser.add_argument("--ttl-s", type=float, default=60.0, help="state TTL (retention)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    samples, sent, start_rss = run(args.rate, args.minutes, args.customers)
+    samples, sent, start_rss = run(args.rate, args.minutes, args.customers, args.ttl_s)
+    churn_s = 10 * args.customers / args.rate
     lines = [
         machine_line(),
         "",
         f"Command: `make bench-soak` (`python bench/soak.py --rate {args.rate:.0f} --minutes "
         f"{args.minutes:g}`): {sent:,} mixed events (about one explicit trigger in five) for "
-        f"{args.customers:,} customers; cart campaign with a {WINDOW_S} s attribution window so "
+        f"{args.customers:,} customers active at a time, new ones replacing the oldest so that "
+        f"each is active for about {churn_s:.0f} s; state TTL {args.ttl_s:g} s (idle customers "
+        f"with nothing open are removed); cart campaign with a {WINDOW_S} s attribution window so "
         "windows close during the run. Latency: decision read time minus trigger time, per 10 s "
-        "window. Open decisions: decisions sent minus rewards joined (the pending table).",
+        "window. Open decisions: decisions sent minus rewards joined (the pending table). "
+        "Customer rows: the customers table (`kairos_table_rows`); expired: customers removed "
+        "by retention so far.",
         "",
         f"Worker RSS at start: {start_rss:.0f} MiB.",
         "",
-        "| t (s) | RSS MiB | decisions | p50 ms | p99 ms | open decisions | customers with timers |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| t (s) | RSS MiB | decisions | p50 ms | p99 ms | open decisions | customers with timers "
+        "| customer rows | expired |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in samples:
         lines.append(
             f"| {s.elapsed_s:.0f} | {s.rss_mib:.0f} | {s.decisions:,} | {s.p50_ms:.1f} | "
-            f"{s.p99_ms:.1f} | {s.open_decisions:.0f} | {s.timers:.0f} |"
+            f"{s.p99_ms:.1f} | {s.open_decisions:.0f} | {s.timers:.0f} | "
+            f"{s.customer_rows:,.0f} | {s.expired:,.0f} |"
         )
     text = "\n".join(lines)
     print(text)
