@@ -11,9 +11,9 @@ Flush: before committing offsets Faust flushes its producer buffer (table change
 the buffer's flush returns as soon as one message takes more than 0.1 s to go out, with records
 still queued. Offsets could then be committed ahead of changelog records, and a SIGKILL in that
 window lost a customer's state update (seen in tests/integration/test_reliability.py). The
-buffer here drains completely before the commit goes on. "Drained" also covers the message the
-buffer's sender task has already taken off its queue but not yet handed to the Kafka client (the
-queue is empty then, yet the record is in neither place that a flush waits for).
+flush here waits until every record buffered before it has reached the Kafka client, including
+the one the buffer's sender task has taken off its queue but not yet handed over (the queue is
+empty then, yet the record is in neither place that a flush waits for).
 """
 
 from __future__ import annotations
@@ -47,10 +47,18 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
 
 
 async def _drain(buffer: Any) -> None:
-    """Wait until every buffered message has been handed to the client (no early return)."""
-    while buffer.size or buffer.kairos_in_hand:
-        if buffer.state != "running":
-            raise RuntimeError("cannot flush: producer not running")
+    """Wait until every message buffered before this call has been handed to the client.
+
+    A barrier, not "until empty": under steady load the buffer is rarely empty, and waiting for
+    that could hold an offset commit back indefinitely. Records put after the call belong to
+    events that are not acked yet, so the commit does not cover them.
+    """
+    target = buffer.kairos_put
+    while buffer.kairos_handed < target:
+        if buffer.state != "running" and (buffer.state != "stopping" or buffer.size):
+            # Stopping with only a record in hand: the sender task finishes that one. With
+            # records still queued it sends no more (Faust's own flush raises here too).
+            raise RuntimeError(f"cannot flush: producer buffer is {buffer.state}")
         buffer.message_sent.clear()
         try:
             await asyncio.wait_for(buffer.message_sent.wait(), timeout=1.0)
@@ -58,29 +66,39 @@ async def _drain(buffer: Any) -> None:
             continue  # still sending: keep waiting, never commit ahead of the changelog
 
 
-def _counting_sender(buffer: Any) -> Any:
-    """Wrap the buffer's per-message send so that a message between queue and client is counted."""
+def _count_messages(buffer: Any) -> None:
+    """Number the buffer's messages as they are put and as the client takes them (FIFO order).
+
+    Counting at the client, not at the queue, matters: the buffer's sender task takes a message
+    off the queue before handing it to the client, so an empty queue does not mean sent.
+    """
+    buffer.kairos_put = 0
+    buffer.kairos_handed = 0
+    put = buffer.put
     send = buffer._send_pending
 
-    async def send_pending(fut: Any) -> None:
-        buffer.kairos_in_hand += 1
+    def counted_put(fut: Any) -> None:
+        put(fut)
+        buffer.kairos_put += 1
+
+    async def counted_send(fut: Any) -> None:
         try:
             await send(fut)
         finally:
-            buffer.kairos_in_hand -= 1
+            buffer.kairos_handed += 1
 
-    return send_pending
+    buffer.put = counted_put
+    # The sender task looks `_send_pending` up when it starts, after this instance attribute.
+    buffer._send_pending = counted_send
 
 
 class DrainingProducer(faust_aiokafka.Producer):
-    """Faust's aiokafka producer whose buffer flush drains completely."""
+    """Faust's aiokafka producer whose buffer flush waits for everything buffered before it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         buffer: Any = self.buffer
-        buffer.kairos_in_hand = 0
-        # The sender task looks `_send_pending` up when it starts, after this instance attribute.
-        buffer._send_pending = _counting_sender(buffer)
+        _count_messages(buffer)
         buffer.flush = types.MethodType(_drain, buffer)
 
 
