@@ -13,8 +13,10 @@ import hashlib
 import math
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -37,6 +39,10 @@ CATEGORY_CAP: Final[int] = 1000
 CATEGORY_WEIGHTS: Final[Mapping[str, int]] = {"product_view": 1, "cart_add": 2, "purchase": 3}
 #: Action ids whose last send time is remembered after the send leaves `sent`.
 MAX_LAST_ACTIONS: Final[int] = 16
+#: Local hour from which an event counts as evening activity (see CustomerState.activity).
+EVENING_HOUR: Final[int] = 18
+#: When an activity count passes this, both are halved (exponential forgetting).
+ACTIVITY_CAP: Final[int] = 1000
 #: Engagement counter positions: engagement[channel] = (sent, opened, clicked, converted).
 SENT, OPENED, CLICKED, CONVERTED = 0, 1, 2, 3
 #: Engagement key for totals over all channels (outcomes whose channel is unknown count here only).
@@ -89,6 +95,8 @@ class CustomerState(msgspec.Struct, frozen=True, array_like=True):
     timezone: str | None = None
     timers: dict[str, tuple[int, str]] = {}
     """Timer kind -> (due epoch seconds, id of the event that armed it)."""
+    activity: tuple[int, int] = (0, 0)
+    """Events before / from EVENING_HOUR in the customer's local time (halved past ACTIVITY_CAP)."""
 
 
 def epoch_seconds(ts: datetime) -> int:
@@ -115,6 +123,7 @@ class _Wire(msgspec.Struct, array_like=True):
     loyalty_tier: str | None = None
     timezone: str | None = None
     timers: dict[str, tuple[int, str, bytes]] = {}
+    activity: tuple[int, int] = (0, 0)
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -313,6 +322,31 @@ def last_action_ts(state: CustomerState, action_id: str) -> int | None:
     return state.last_action.get(action_id)
 
 
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> ZoneInfo | None:
+    """The ZoneInfo of an IANA name, None when unknown (cached: lookups are slow)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def _count_activity(
+    activity: tuple[int, int], ts: datetime, timezone: str | None
+) -> tuple[int, int]:
+    """Count one event as day or evening activity in the customer's local time (UTC if unknown)."""
+    zone = _zone(timezone) if timezone else None
+    hour = (ts.astimezone(zone) if zone is not None else ts.astimezone(UTC)).hour
+    day, evening = activity
+    if hour >= EVENING_HOUR:
+        evening += 1
+    else:
+        day += 1
+    if max(day, evening) > ACTIVITY_CAP:
+        day, evening = day // 2, evening // 2
+    return (day, evening)
+
+
 def apply(state: CustomerState | None, event: Event) -> CustomerState:
     """Fold one event into the state (pure); a duplicate event id returns the same object."""
     digest = event_digest(event.event_id)
@@ -329,6 +363,9 @@ def apply(state: CustomerState | None, event: Event) -> CustomerState:
     }
     if event.timezone:
         changes["timezone"] = event.timezone
+    changes["activity"] = _count_activity(
+        state.activity, event.ts, event.timezone or state.timezone
+    )
     if event.loyalty_tier:
         changes["loyalty_tier"] = event.loyalty_tier
     kind = event.type

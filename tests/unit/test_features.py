@@ -55,6 +55,11 @@ def test_rfm_and_cart() -> None:
     assert f["cart_idle"] == pytest.approx(math.log1p(30) / 10)
     assert f["loyalty_silver"] == 1.0 and f["loyalty_gold"] == 0.0
     assert set(model_view(f)) == set(f) - RAW_FEATURES
+    assert f["purchase_rate"] == pytest.approx(math.log1p(10 * 4 / 100) / math.log1p(10))
+    recent = state_with(purchase_count=2, first_seen=EPOCH0 - 86400)  # a week at least
+    assert features(recent, trig(), T0)["purchase_rate"] == pytest.approx(
+        math.log1p(10 * 2 / 7) / math.log1p(10)
+    )
 
 
 def test_hour_and_weekday_in_the_customers_zone() -> None:
@@ -154,3 +159,24 @@ def test_features_are_always_finite_and_bounded(
 @given(states, nows)
 def test_features_are_deterministic(state: CustomerState, now: datetime) -> None:
     assert features(state, trig(), now) == features(state, trig(), now)
+
+
+def test_the_channel_the_customer_opens() -> None:
+    state = state_with(engagement={"email": (4, 0, 0, 0), "sms": (4, 3, 0, 0)})
+    f = features(state, trig(), T0)
+    rates = {c: f[f"open_rate_{c}"] for c in ("email", "sms", "push")}
+    assert f["open_share_sms"] == pytest.approx(rates["sms"] / sum(rates.values()))
+    best = [f[f"open_best_{c}"] for c in ("email", "sms", "push")]
+    assert sum(best) == pytest.approx(1.0)
+    assert best[1] > 0.8 and best[0] < best[2]  # sms: 3 of 4 opened; email: 0 of 4; push: none
+    fresh = features(state_with(), trig(), T0)  # every channel at the prior: even shares
+    assert fresh["open_share_push"] == pytest.approx(1 / 3)
+    assert fresh["open_best_email"] == pytest.approx(1 / 3)
+    few = state_with(engagement={"email": (1, 1, 0, 0), "sms": (1, 0, 0, 0)})
+    assert 0.5 < features(few, trig(), T0)["open_best_email"] < 0.9  # one open is not proof
+
+
+def test_evening_activity_is_a_smoothed_share() -> None:
+    assert features(state_with(), trig(), T0)["evening_activity"] == 0.5
+    f = features(state_with(activity=(2, 6)), trig(), T0)
+    assert f["evening_activity"] == pytest.approx(7 / 10)

@@ -345,3 +345,14 @@ def test_the_idle_scan_reads_last_seen_without_decoding_the_whole_state() -> Non
     assert decode_last_seen(encode_state(state)) == 1234
     with pytest.raises(StateError):
         decode_last_seen(b"\xc1not msgpack")
+
+
+def test_activity_counts_day_and_evening_events_in_local_time() -> None:
+    noon_utc = datetime(2025, 3, 3, 12, tzinfo=UTC)
+    state = apply(None, ev("page_view", noon_utc))  # no zone yet: 12:00 UTC is day
+    assert state.activity == (1, 0)
+    state = apply(state, ev("page_view", noon_utc, timezone="Asia/Tokyo"))  # 21:00 in Tokyo
+    state = apply(state, ev("page_view", noon_utc + timedelta(hours=1)))  # the zone is kept
+    assert state.activity == (1, 2)
+    many = msgspec.structs.replace(state, activity=(1000, 7))
+    assert apply(many, ev("page_view", noon_utc - timedelta(hours=6))).activity == (500, 3)
