@@ -17,7 +17,14 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from engine.models import FeatureIndex, RewardModel, RidgeModel, make_prototype
+from engine.models import (
+    ActionView,
+    FactoredRidge,
+    FeatureIndex,
+    RewardModel,
+    RidgeModel,
+    make_prototype,
+)
 from engine.policies import Choice, ExplorationConfig, bonus, choose, greedy_actions
 from engine.snapshot import SnapshotError, pack, unpack
 
@@ -62,13 +69,15 @@ class _Body(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     rng_state: list[int]
     rng_gauss: float | None
-    model_kind: Literal["ridge", "pickle"]
+    model_kind: Literal["ridge", "factored", "pickle"]
     ridge_l2: float = 1.0
     ridge_forgetting: float = 1.0
     feature_names: list[str] = []
     models: dict[str, _RidgeState] = {}
     replicas: dict[str, list[_RidgeState]] = {}
     pickled: bytes | None = None
+    factored_blocks: list[str] = []
+    factored_actions: dict[str, list[int]] = {}
 
 
 def _poisson1(rng: random.Random) -> int:
@@ -112,11 +121,19 @@ class ContextualBandit:
         self.version = 0
         self._rng = random.Random(seed)
         self._prototype = make_prototype(model)
-        self._models: dict[str, RewardModel] = {a: self._prototype.clone() for a in ids}
         n_rep = exploration.n_bootstrap if exploration.kind == "thompson" else 0
-        self._replicas: dict[str, list[RewardModel]] = {
-            a: [self._prototype.clone() for _ in range(n_rep)] for a in ids
-        }
+        self._models: dict[str, RewardModel]
+        self._replicas: dict[str, list[RewardModel]]
+        proto = self._prototype
+        if isinstance(proto, FactoredRidge):
+            # One shared model (and one per bootstrap replica) seen through per-action views.
+            shared = proto.clone()
+            self._models = {a: shared.view(a) for a in ids}
+            replicas = [proto.clone() for _ in range(n_rep)]
+            self._replicas = {a: [r.view(a) for r in replicas] for a in ids}
+        else:
+            self._models = {a: proto.clone() for a in ids}
+            self._replicas = {a: [proto.clone() for _ in range(n_rep)] for a in ids}
         self._index: FeatureIndex | None = (
             self._prototype.index if isinstance(self._prototype, RidgeModel) else None
         )
@@ -166,6 +183,9 @@ class ContextualBandit:
                     for a in ids
                 }
             return {a: ridge[a].predict_vector(vec) for a in ids}
+        first = models[ids[0]] if ids else None
+        if isinstance(first, ActionView):
+            return first.shared.predict_actions(features, ids)  # views of one shared model
         return {a: models[a].predict(features) for a in ids}
 
     def scores(
@@ -275,6 +295,17 @@ class ContextualBandit:
 
     # ---- snapshots ---------------------------------------------------------------------------
 
+    def _shared(self, models: Mapping[str, RewardModel]) -> FactoredRidge:
+        """The one shared model behind a factored bandit's per-action views."""
+        view = models[self.action_ids[0]]
+        assert isinstance(view, ActionView)
+        return view.shared
+
+    def _shared_replicas(self) -> list[FactoredRidge]:
+        """The shared model of each bootstrap replica of a factored bandit."""
+        views = self._replicas[self.action_ids[0]]
+        return [v.shared for v in views if isinstance(v, ActionView)]
+
     def snapshot(self, key: bytes | None = None) -> bytes:
         """Serialise the exact state; signed with HMAC-SHA256 when a key is given.
 
@@ -314,6 +345,18 @@ class ContextualBandit:
                 replicas={a: [_ridge_state(m) for m in r] for a, r in self._replicas.items()},
             )
             return pack(msgspec.msgpack.encode(body), key)
+        if isinstance(proto, FactoredRidge):
+            body = _Body(
+                **common,
+                model_kind="factored",
+                ridge_l2=proto.l2,
+                feature_names=list(proto.index.names),
+                factored_blocks=list(proto.blocks),
+                factored_actions={a: list(b) for a, b in proto.layout.items()},
+                models={"": _ridge_state(self._shared(self._models))},
+                replicas={"": [_ridge_state(m) for m in self._shared_replicas()]},
+            )
+            return pack(msgspec.msgpack.encode(body), key)
         blob = pickle.dumps(
             (self._prototype, self._models, self._replicas), protocol=pickle.HIGHEST_PROTOCOL
         )
@@ -345,6 +388,23 @@ class ContextualBandit:
                         exploration.n_bootstrap if exploration.kind == "thompson" else 0
                     ):
                         raise ValueError(f"wrong number of replicas for {a!r}")
+            elif body.model_kind == "factored":
+                factored = FactoredRidge.from_layout(
+                    body.factored_blocks,
+                    body.factored_actions,
+                    body.ridge_l2,
+                    FeatureIndex(body.feature_names),
+                )
+                bandit = cls(
+                    body.action_ids, exploration, factored, body.seed, body.baseline_action
+                )
+                bandit._prototype = factored
+                _factored_from(bandit._shared(bandit._models), body.models[""])
+                shared_replicas = bandit._shared_replicas()
+                if len(shared_replicas) != len(body.replicas[""]):
+                    raise ValueError("wrong number of replicas")
+                for replica, state in zip(shared_replicas, body.replicas[""], strict=True):
+                    _factored_from(replica, state)
             else:
                 if not allow_pickle or body.pickled is None:
                     raise SnapshotError("refusing pickled models from an unverified snapshot")
@@ -365,9 +425,9 @@ class ContextualBandit:
         return bandit
 
 
-def _ridge_state(model: RewardModel) -> _RidgeState:
-    """Return a ridge model's state as a snapshot struct."""
-    assert isinstance(model, RidgeModel)
+def _ridge_state(model: RewardModel | FactoredRidge) -> _RidgeState:
+    """Return a ridge (or factored ridge) model's state as a snapshot struct."""
+    assert isinstance(model, RidgeModel | FactoredRidge)
     s = model.state()
     return _RidgeState(dim=s["dim"], n=s["n"], a_inv=s["a_inv"], b=s["b"], w=s["w"])
 
@@ -379,3 +439,10 @@ def _ridge_from(proto: RidgeModel, state: _RidgeState) -> RidgeModel:
         {"dim": state.dim, "n": state.n, "a_inv": state.a_inv, "b": state.b, "w": state.w}
     )
     return model
+
+
+def _factored_from(model: FactoredRidge, state: _RidgeState) -> None:
+    """Load a snapshot struct into a factored model's shared weights."""
+    model.load_state(
+        {"dim": state.dim, "n": state.n, "a_inv": state.a_inv, "b": state.b, "w": state.w}
+    )

@@ -67,6 +67,7 @@ MAX_ACTIONS = 100
 """Upper bound on a campaign's arms, so that a careless cross product fails loudly."""
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_FEATURE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\*?$")
 _VALUE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _RULE_RE = re.compile(
     r"^\s*(?P<feature>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=|==|!=|>|<)\s*"
@@ -240,6 +241,18 @@ class Campaign:
     """Local send hour of each deferred slot; slots not listed are sent immediately."""
     model: str = "default"
     description: str = ""
+    model_features: tuple[str, ...] = ()
+    """Context features the models see: names, or prefixes ending in "*"; empty means all."""
+    model_l2: float = 1.0
+    """Prior precision (ridge penalty) of the ridge and factored models' weights."""
+
+    def model_context(self, context: Mapping[str, float]) -> dict[str, float]:
+        """Keep the context features `model_features` names (all when it names none)."""
+        if not self.model_features:
+            return dict(context)
+        exact = {f for f in self.model_features if not f.endswith("*")}
+        prefixes = tuple(f[:-1] for f in self.model_features if f.endswith("*"))
+        return {k: v for k, v in context.items() if k in exact or k.startswith(prefixes)}
 
     @property
     def action_ids(self) -> tuple[str, ...]:
@@ -414,6 +427,10 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
     model = top.string("model", default="default")
     if model not in MODEL_NAMES:
         raise CampaignError("model", f"{model!r} must be one of {', '.join(MODEL_NAMES)}")
+    model_features: tuple[str, ...] = ()
+    if top.has("model_features"):
+        model_features = top.strings("model_features", pattern=_FEATURE_RE)
+    model_l2 = top.number("model_l2", 1.0, low=0.0, high=1e6, low_open=True)
     guardrails = _parse_guardrails(top.table("guardrails"))
     actions, slot_hours = _parse_actions(top.table("actions", required=True), guardrails)
     actions = _apply_costs(top.table("costs"), actions)
@@ -432,6 +449,8 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
         slot_hours=slot_hours,
         model=model,
         description=description,
+        model_features=model_features,
+        model_l2=model_l2,
     )
 
 

@@ -5,12 +5,13 @@ trigger id, and the random draw comes from a `random.Random` seeded with (seed, 
 replay of the same trigger repeats the same decision. Steps:
 
 1. features of the customer and the trigger (engine.features); the models see, and the Decision
-   records, `model_view()` of them (without the raw currency/count values);
+   records, `model_view()` of them (without the raw currency/count values), kept to the
+   campaign's `model_features` when it names some;
 2. eligibility: every rule of an action must hold over all features, raw ones included (a
    missing feature counts as 0);
 3. guardrails: frequency caps, cooldown, quiet hours (engine.guardrails); no-action always stays;
 4. holdout: a customer in the campaign's holdout group always gets no-action (propensity 1,
-   holdout=True, reason "holdout") and is never learned from;
+   holdout=True, reason "holdout"); it teaches only an uplift campaign's no-action baseline;
 5. the bandit draws among what is left, scoring reward minus cost or uplift over no-action.
 
 When only no-action is left the bandit is not asked: propensity 1, reason "no_eligible_action"
@@ -29,6 +30,7 @@ from engine.campaign import NO_ACTION_ID, Campaign
 from engine.features import features as compute_features
 from engine.features import model_view
 from engine.guardrails import GuardrailResult, apply_guardrails, in_holdout, send_time
+from engine.models import FactoredRidge, RidgeModel
 from engine.policies import ExplorationConfig
 from engine.rewards import attribution_deadline
 from engine.state import CustomerState
@@ -87,7 +89,8 @@ def decide_traced(
     now = now.astimezone(UTC)
     did = decision_id(campaign.name, trigger.trigger_id)
     raw = compute_features(state, trigger, now)
-    context = model_view(raw)  # what the models see and later learn from: scaled inputs only
+    # What the models see and later learn from: scaled inputs only, those the campaign names.
+    context = campaign.model_context(model_view(raw))
 
     eligible = [a.id for a in campaign.actions if not a.is_message or a.eligible(raw)]
     ineligible = tuple(a.id for a in campaign.actions if a.id not in eligible)
@@ -183,9 +186,17 @@ def decide(
 
 
 def learn(bandit: ContextualBandit, record: RewardRecord) -> bool:
-    """Teach the chosen action's model the reward; holdout decisions are never learned from."""
+    """Teach the chosen action's model the reward; a holdout teaches only the uplift baseline.
+
+    The holdout is a stable random group that always gets no-action: for an uplift bandit it is
+    the one unconfounded sample of the baseline (no-action) reward, which the policy itself
+    rarely chooses once it has learned, so it teaches the baseline model (and nothing else).
+    Without a baseline (reward objective) holdout decisions are not learned from.
+    """
     decision = record.decision
-    if decision.holdout:
+    if decision.holdout and (
+        bandit.baseline_action is None or decision.action_id != bandit.baseline_action
+    ):
         return False
     bandit.learn(decision.action_id, decision.features, record.reward)
     return True
@@ -198,10 +209,18 @@ def exploration_config(campaign: Campaign) -> ExplorationConfig:
 
 def build_bandit(campaign: Campaign, seed: int = 0) -> ContextualBandit:
     """Build the campaign's bandit: one model per arm; no-action is the baseline for uplift."""
+    model: str | RidgeModel | FactoredRidge = campaign.model
+    if model in ("default", "ridge"):
+        model = RidgeModel(l2=campaign.model_l2)
+    if model == "factored":
+        model = FactoredRidge(
+            {a.id: a.dimensions() if a.is_message else None for a in campaign.actions},
+            l2=campaign.model_l2,
+        )
     return ContextualBandit(
         list(campaign.action_ids),
         exploration_config(campaign),
-        model=campaign.model,
+        model=model,
         seed=seed,
         baseline_action=NO_ACTION_ID if campaign.objective == "uplift" else None,
     )
@@ -236,7 +255,7 @@ class CampaignRuntime:
         return decide_traced(state, trigger, self.campaign, self.bandit, now, self.seed)
 
     def learn(self, record: RewardRecord) -> bool:
-        """Learn a reward of this campaign (holdout, other campaigns and unknown arms ignored)."""
+        """Learn a reward of this campaign (other campaigns and unknown arms ignored; see learn)."""
         decision = record.decision
         if decision.campaign != self.campaign.name or decision.action_id not in set(
             self.campaign.action_ids

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -22,6 +22,8 @@ import numpy.typing as npt
 
 __all__ = [
     "MODEL_NAMES",
+    "ActionView",
+    "FactoredRidge",
     "FeatureIndex",
     "RewardModel",
     "RidgeModel",
@@ -254,8 +256,16 @@ class RiverModel:
             self.estimator.learn_one(x, target)
 
 
-MODEL_NAMES: tuple[str, ...] = ("default", "ridge", "river_linear", "river_logistic")
-"""Model names a campaign may give; any River estimator object is also accepted."""
+MODEL_NAMES: tuple[str, ...] = (
+    "default",
+    "ridge",
+    "factored",
+    "river_linear",
+    "river_logistic",
+)
+"""Model names a campaign may give; any River estimator object is also accepted.
+
+"factored" (FactoredRidge) needs the campaign's actions, so engine.decide.build_bandit makes it."""
 
 
 def make_prototype(model: str | RewardModel | Any) -> RewardModel:
@@ -263,6 +273,8 @@ def make_prototype(model: str | RewardModel | Any) -> RewardModel:
     if isinstance(model, str):
         if model in ("default", "ridge"):
             return RidgeModel()
+        if model == "factored":
+            raise ValueError("the factored model needs the actions: build it with FactoredRidge")
         if model in ("river_linear", "river_logistic"):
             from river import linear_model, optim, preprocessing
 
@@ -276,8 +288,170 @@ def make_prototype(model: str | RewardModel | Any) -> RewardModel:
                 | linear_model.LogisticRegression(optimizer=optim.SGD(0.05))
             )
         raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODEL_NAMES)}")
-    if isinstance(model, RidgeModel | RiverModel):
+    if isinstance(model, RidgeModel | RiverModel | FactoredRidge):
         return model.clone()
     if isinstance(model, RewardModel) and not hasattr(model, "learn_one"):
         return copy.deepcopy(model)
     return RiverModel(model)
+
+
+class FactoredRidge:
+    """One ridge model shared by every action: the context crossed with the action's dimensions.
+
+    An action's reward is modelled as the sum of blocks, each the context times its own weights:
+    a block every action has (the reward without a message: what no-action predicts), one every
+    message has (the effect of any message), and one per dimension value it has (`channel=sms`,
+    `offer=discount_10`, ...). Every reward teaches the blocks its action has, so the baseline is
+    learned from all decisions and what the arms share (a channel, an offer, whether to message at
+    all) from every arm that has it, instead of 21 models learning alone. Block b of context
+    feature i sits at position i * n_blocks + b, so new features grow the vector at its end.
+    """
+
+    __slots__ = ("_block_of", "blocks", "index", "model")
+
+    def __init__(
+        self,
+        actions: Mapping[str, Mapping[str, str] | None],
+        l2: float = 1.0,
+        index: FeatureIndex | None = None,
+    ) -> None:
+        """Build the blocks from action id -> dimension values (None for the no-action arm)."""
+        values: dict[str, set[str]] = {}
+        for dims in actions.values():
+            for dim, value in (dims or {}).items():
+                values.setdefault(dim, set()).add(value)
+        varying = {d for d, vs in values.items() if len(vs) > 1}
+        names: list[str] = ["*", "message"]
+        block_of: dict[str, tuple[int, ...]] = {}
+        for action_id, dims in actions.items():
+            if dims is None:
+                block_of[action_id] = (0,)
+                continue
+            own = [0, 1]
+            for name in (f"{dim}={dims[dim]}" for dim in sorted(varying & set(dims))):
+                if name not in names:
+                    names.append(name)
+                own.append(names.index(name))
+            block_of[action_id] = tuple(own)
+        self.blocks: tuple[str, ...] = tuple(names)
+        self._block_of = block_of
+        self.index = index if index is not None else FeatureIndex()
+        self.model = RidgeModel(l2)
+
+    @property
+    def l2(self) -> float:
+        """The ridge prior precision of every weight."""
+        return self.model.l2
+
+    def clone(self) -> FactoredRidge:
+        """Return an untrained model with the same actions, prior and feature index."""
+        return FactoredRidge.from_layout(self.blocks, self._block_of, self.model.l2, self.index)
+
+    @classmethod
+    def from_layout(
+        cls,
+        blocks: Sequence[str],
+        block_of: Mapping[str, Sequence[int]],
+        l2: float,
+        index: FeatureIndex,
+    ) -> FactoredRidge:
+        """Rebuild an untrained model from its blocks and each action's block positions."""
+        model = cls({}, l2, index)
+        model.blocks = tuple(blocks)
+        for action_id, own in block_of.items():
+            if not own or any(not 0 <= b < len(model.blocks) for b in own):
+                raise ValueError(f"bad blocks for action {action_id!r}")
+        model._block_of = {a: tuple(own) for a, own in block_of.items()}
+        return model
+
+    @property
+    def layout(self) -> dict[str, tuple[int, ...]]:
+        """Each action's block positions (what a snapshot keeps besides the weights)."""
+        return dict(self._block_of)
+
+    def state(self) -> dict[str, Any]:
+        """Return the shared ridge state as plain values and raw float64 bytes (no pickle)."""
+        return self.model.state()
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Load a state produced by `state()` (its dimension must fit the blocks and index)."""
+        dim = int(state["dim"])
+        n_blocks = len(self.blocks)
+        if dim < 1 or dim % n_blocks or dim // n_blocks > len(self.index):
+            raise ValueError(f"model dimension {dim} does not fit the blocks and feature index")
+        self.model = RidgeModel(self.model.l2, index=FeatureIndex([str(i) for i in range(dim - 1)]))
+        self.model.load_state(state)
+
+    def _crossed(self, x: FloatArray, action_id: str) -> FloatArray:
+        """The context vector placed in the blocks of the action (zeros elsewhere)."""
+        n_blocks = len(self.blocks)
+        out = np.zeros((x.shape[0], n_blocks), dtype=np.float64)
+        out[:, list(self._block_of[action_id])] = x[:, None]
+        return out.reshape(-1)
+
+    def block_scores(self, features: Mapping[str, float]) -> FloatArray:
+        """Each block's contribution in this context (the context times its weights)."""
+        x = self.index.encode(features)
+        n_blocks = len(self.blocks)
+        w = self.model.w
+        known = min(x.shape[0], w.shape[0] // n_blocks)
+        return x[:known] @ w[: known * n_blocks].reshape(known, n_blocks)
+
+    def predict_actions(
+        self, features: Mapping[str, float], action_ids: Sequence[str]
+    ) -> dict[str, float]:
+        """Return every listed action's expected reward, encoding the context once."""
+        scores = self.block_scores(features)
+        return {a: float(scores[list(self._block_of[a])].sum()) for a in action_ids}
+
+    def predict_action(self, features: Mapping[str, float], action_id: str) -> float:
+        """Return one action's expected reward in this context."""
+        return self.predict_actions(features, (action_id,))[action_id]
+
+    def learn_action(
+        self, features: Mapping[str, float], action_id: str, reward: float, weight: float = 1.0
+    ) -> None:
+        """Update the shared weights with one reward of this action."""
+        x = self.index.encode(features, grow=True)
+        self.model.learn_vector(self._crossed(x, action_id), reward, weight)
+
+    def view(self, action_id: str) -> ActionView:
+        """The per-action face of this shared model, as the bandit keeps one per action."""
+        if action_id not in self._block_of:
+            raise ValueError(f"unknown action {action_id!r}")
+        return ActionView(self, action_id)
+
+    # A FactoredRidge is also a (shared) RewardModel for its no-action arm, so the protocol holds.
+    def predict(self, features: Mapping[str, float]) -> float:
+        """Return the reward predicted without a message (the shared baseline block)."""
+        return float(self.block_scores(features)[0]) if self.model.w.shape[0] else 0.0
+
+    def learn(self, features: Mapping[str, float], reward: float, weight: float = 1.0) -> None:
+        """Learn a reward observed without a message."""
+        x = self.index.encode(features, grow=True)
+        crossed = np.zeros((x.shape[0], len(self.blocks)), dtype=np.float64)
+        crossed[:, 0] = x
+        self.model.learn_vector(crossed.reshape(-1), reward, weight)
+
+
+class ActionView:
+    """One action's RewardModel over a shared FactoredRidge (learning moves the shared weights)."""
+
+    __slots__ = ("action_id", "shared")
+
+    def __init__(self, shared: FactoredRidge, action_id: str) -> None:
+        """Bind the shared model and the action."""
+        self.shared = shared
+        self.action_id = action_id
+
+    def predict(self, features: Mapping[str, float]) -> float:
+        """Return this action's expected reward."""
+        return self.shared.predict_action(features, self.action_id)
+
+    def learn(self, features: Mapping[str, float], reward: float, weight: float = 1.0) -> None:
+        """Teach the shared model one reward of this action."""
+        self.shared.learn_action(features, self.action_id, reward, weight)
+
+    def clone(self) -> ActionView:
+        """A view of the same action on a fresh shared model."""
+        return ActionView(self.shared.clone(), self.action_id)

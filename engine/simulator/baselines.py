@@ -53,7 +53,7 @@ class Options:
     raw: dict[str, float]
     """Every feature, raw ones included (eligibility rules and hand-written rules read these)."""
     context: dict[str, float]
-    """`model_view(raw)`: what models see and learn from."""
+    """`campaign.model_context(model_view(raw))`: what models see and learn from."""
     allowed: tuple[str, ...]
     """Eligible actions the guardrails left (no-action always among them)."""
     holdout: bool
@@ -72,12 +72,14 @@ def options_for(
     )
     holdout = in_holdout(trigger.customer_id, campaign)
     if holdout:
-        return Options(raw, model_view(raw), (NO_ACTION_ID,), True, "holdout")
+        return Options(
+            raw, campaign.model_context(model_view(raw)), (NO_ACTION_ID,), True, "holdout"
+        )
     if rails.allowed == (NO_ACTION_ID,):
         guardrail = rails.main_reason()
         reason = "no_eligible_action" if guardrail is None else f"guardrail:{guardrail}"
-        return Options(raw, model_view(raw), (NO_ACTION_ID,), False, reason)
-    return Options(raw, model_view(raw), rails.allowed, False, "policy")
+        return Options(raw, campaign.model_context(model_view(raw)), (NO_ACTION_ID,), False, reason)
+    return Options(raw, campaign.model_context(model_view(raw)), rails.allowed, False, "policy")
 
 
 def make_decision(

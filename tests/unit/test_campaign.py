@@ -212,6 +212,9 @@ def _delete(data: dict[str, Any], dotted: str) -> None:
         ),
         ("guardrails.cap", [], "guardrails.cap: unknown key"),
         ("model", "xgboost", "model: 'xgboost' must be one of"),
+        ("model_features", [], "model_features: must be a non-empty list"),
+        ("model_l2", 0, "model_l2: must be in (0, 1e+06]"),
+        ("model_features", ["Open rate"], "model_features[0]: 'Open rate' must match"),
         ("exploration.gamma_exponent", 2, "exploration.gamma_exponent: must be in [0, 1]"),
         ("reward.outcomes", {}, "reward.outcomes: must give a value"),
         ("reward.outcomes.purchased", 1.0, "reward.outcomes.purchased: 'purchased' must be one"),
@@ -325,3 +328,16 @@ def test_load_campaign_errors_name_file_and_field(tmp_path: Path) -> None:
         load_campaign(broken)
     with pytest.raises(CampaignError, match="cannot read"):
         load_campaign(tmp_path / "missing.toml")
+
+
+def test_model_features_keep_named_features_and_prefixes() -> None:
+    data = base()
+    data["model_features"] = ["bias", "open_top_*"]
+    campaign = parse_campaign(data)
+    context = {"bias": 1.0, "open_top_sms": 1.0, "open_top_email": 0.0, "hour_sin": 0.5}
+    assert campaign.model_context(context) == {
+        "bias": 1.0,
+        "open_top_sms": 1.0,
+        "open_top_email": 0.0,
+    }
+    assert parse_campaign(base()).model_context(context) == context

@@ -210,8 +210,23 @@ def test_holdout_customers_always_get_no_action() -> None:
             expired=True,
             joined_ts=NOW,
         )
-        assert learn(bandit, record) is False
+        # The holdout is the uplift baseline's unconfounded sample: it teaches no-action only.
+        assert learn(bandit, record) is True
         assert record_decision(state(customer), d).sent == []  # not a message for caps
+    assert bandit.version == len(customers)
+    scores = bandit.scores(d.features)
+    assert scores[NO_ACTION_ID] > 0.5
+    assert all(v == 0.0 for a, v in scores.items() if a != NO_ACTION_ID)
+
+
+def test_holdout_is_not_learned_without_an_uplift_baseline() -> None:
+    customer = held_out(CART)[0]
+    d = decide(state(customer), trigger(customer), CART, build_bandit(CART), NOW, seed=3)
+    bandit = ContextualBandit(list(CART.action_ids))  # reward objective: no baseline arm
+    record = RewardRecord(
+        decision=d, reward=1.0, outcome_ids=[], outcome_types=[], expired=True, joined_ts=NOW
+    )
+    assert d.holdout and learn(bandit, record) is False
     assert bandit.version == 0
 
 

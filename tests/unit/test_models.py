@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from river import linear_model
 
-from engine.models import FeatureIndex, RewardModel, RidgeModel, RiverModel, make_prototype
+from engine.models import (
+    ActionView,
+    FactoredRidge,
+    FeatureIndex,
+    RewardModel,
+    RidgeModel,
+    RiverModel,
+    make_prototype,
+)
 
 
 def test_ridge_matches_closed_form() -> None:
@@ -143,3 +151,51 @@ def test_variance_matches_the_inverse_and_keeps_the_prior_of_unlearned_features(
     assert model.width_vector(vec) == pytest.approx(float(vec @ a_inv @ vec) ** 0.5)
     fresh = model.clone()  # dimension 1: it has not grown into "a" and "b" yet
     assert fresh.variance_vector(vec) == pytest.approx((1.0 + 0.25 + 1.0) / 2.0)
+
+
+_ARMS = {
+    "none": None,
+    "email:a": {"channel": "email", "offer": "a", "message": "m"},
+    "email:b": {"channel": "email", "offer": "b", "message": "m"},
+    "sms:a": {"channel": "sms", "offer": "a", "message": "m"},
+    "sms:b": {"channel": "sms", "offer": "b", "message": "m"},
+}
+
+
+def test_factored_blocks_follow_the_dimensions() -> None:
+    """No-action has the base block only; a message adds its own and one per varying value."""
+    model = FactoredRidge(_ARMS)
+    assert model.blocks == ("*", "message", "channel=email", "offer=a", "offer=b", "channel=sms")
+    views = {a: model.view(a) for a in _ARMS}
+    assert isinstance(views["sms:b"], ActionView) and isinstance(views["none"], RewardModel)
+    with pytest.raises(ValueError, match="unknown action"):
+        model.view("push:a")
+    with pytest.raises(ValueError, match="needs the actions"):
+        make_prototype("factored")
+
+
+def test_factored_model_is_ridge_on_the_crossed_context() -> None:
+    """Its weights are exactly batch ridge on (context x the action's blocks)."""
+    rng = random.Random(4)
+    model = FactoredRidge(_ARMS, l2=2.0)
+    arms = list(_ARMS)
+    rows, targets = [], []
+    for _ in range(200):
+        arm = rng.choice(arms)
+        x = {"u": rng.random()}
+        reward = 0.2 + 0.5 * x["u"] * (arm.startswith("sms")) + (0.3 if arm.endswith(":b") else 0)
+        model.view(arm).learn(x, reward)
+        blocks = model._block_of[arm]
+        crossed = np.zeros((2, len(model.blocks)))
+        crossed[:, list(blocks)] = np.array([1.0, x["u"]])[:, None]
+        rows.append(crossed.reshape(-1))
+        targets.append(reward)
+    design, y = np.array(rows), np.array(targets)
+    w = np.linalg.solve(2.0 * np.eye(design.shape[1]) + design.T @ design, design.T @ y)
+    assert np.allclose(model.model.w, w, atol=1e-8)
+    preds = model.predict_actions({"u": 1.0}, arms)
+    assert preds["sms:b"] > preds["email:b"] > preds["email:a"]
+    assert preds["sms:b"] == pytest.approx(model.view("sms:b").predict({"u": 1.0}))
+    assert preds["none"] == pytest.approx(model.predict({"u": 1.0}))
+    twin = model.view("sms:a").clone()
+    assert twin.predict({"u": 1.0}) == 0.0 and model.predict_actions({"u": 1.0}, arms) == preds
