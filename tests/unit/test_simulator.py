@@ -8,8 +8,6 @@ import statistics
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import pytest
-
 from engine.campaign import NO_ACTION_ID
 from engine.rewards import reward_of
 from engine.simulator.baselines import FixedActionPolicy, KairosPolicy, options_for
@@ -140,13 +138,11 @@ def test_kairos_beats_random() -> None:
     _one_sided_paired(diffs)
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="Not met yet: at 8,000 decisions Kairos beats the best single action on the second "
-    "half in 2 of 3 seeds only (paired t not significant); see BENCHMARKS.md, Simulation.",
-)
 def test_kairos_beats_the_best_single_action_once_it_has_learned() -> None:
-    """Paired over 3 fixed seeds, on the second half of the decisions (after learning)."""
+    """Paired over 3 fixed seeds, on the second half of the decisions (after learning).
+
+    Observed (factored model, gamma 100): Kairos 124 / 106 / 159 vs 51 / 0 / 19, paired t 5.5.
+    """
     diffs = []
     for seed in (11, 12, 13):
         config = SimConfig(customers=300, decisions=8000, seed=seed, warmup_days=30)
