@@ -4,7 +4,7 @@ It is not one of the shipped examples (engine/campaigns/): it exists so that eve
 preference of the simulated customers (offer, channel, send time, doing nothing) has an arm, and
 it is kept as TOML text so a worker can run the very same file (`kairos simulate --kafka`).
 
-Its model settings were chosen on this simulator (seeds 0 and 1, runs of 30,000-100,000
+Its model settings were chosen on this simulator (seeds 0-2, runs of 30,000-100,000
 decisions; BENCHMARKS.md, Simulation): the factored model (one ridge model shared by the 21 arms,
 so the baseline and each channel's and offer's effect are learned from every decision), a short
 list of context features (fewer weights to learn from noisy conversions), and squarecb with
