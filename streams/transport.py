@@ -40,10 +40,72 @@ class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class LowLatencyConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer using LowLatencyConsumerThread."""
+    """Faust's aiokafka consumer with a short fetch wait, and a start after each rebalance that
+    neither skips nor falsely acks source records.
+
+    Two defects of the stock consumer, both seen in tests/integration/test_reliability.py by
+    instrumenting SIGKILL restarts (false gaps after most restarts):
+
+    1. Faust's recovery resumes the source partitions and only then seeks them to their committed
+       offsets (an OffsetFetch round trip later). Records delivered in between are processed;
+       the seek then moves the read position back while the rest of the fetched batch is still
+       being delivered, and Faust takes the jump for a gap in the log (as if it were transaction
+       markers): it marks those offsets done, and its commits then advance one offset per commit
+       interval (seen: events.v1[0] 731 read, then 740; gap 732..740; commits 733, 734, 735...).
+       Here source partitions are paused from the assignment until the seek is done.
+    2. A source partition without a committed offset is not sought at all, so records fetched
+       and dropped while the flow was stopped (a batch cut short by a rebalance) are never read
+       again (seen: a partition's first 4,957 records skipped by two workers in a row). Here such
+       a partition goes back to its beginning, which is what `auto_offset_reset=earliest` means.
+
+    With both, restarts show no false gaps and commits advance normally; the crash test still
+    loses an event in about one run in seven (a later fetch jumping ahead), not yet explained.
+    """
+
+    _seek_pending: bool = False
+    _held: frozenset[Any] = frozenset()
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _source_tps(self, tps: Any) -> set[Any]:
+        return {tp for tp in tps if not self._is_changelog_tp(tp)}
+
+    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        """A new assignment: source partitions stay paused until the seek to committed offsets."""
+        self._seek_pending = True
+        self._held = frozenset()
+        self._paused_partitions.update(self._source_tps(assigned))
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    def resume_partitions(self, tps: Any) -> None:
+        """Resume changelog partitions at once; source partitions only after the seek."""
+        tps = set(tps)
+        if self._seek_pending:
+            held = self._source_tps(tps)
+            self._held = self._held | held
+            tps -= held
+        super().resume_partitions(tps)
+
+    async def perform_seek(self) -> None:
+        """Seek to committed offsets (never-committed ones to the start), then release the held."""
+        try:
+            await super().perform_seek()
+            assignment = self.assignment()
+            never_committed = [
+                tp for tp in self._source_tps(assignment) if self._committed_offset.get(tp) is None
+            ]
+            if never_committed:
+                await self._thread.seek_to_beginning(
+                    *(faust_aiokafka.ensure_aiokafka_TP(tp) for tp in never_committed)
+                )
+                for tp in never_committed:
+                    self._read_offset[tp] = None
+        finally:
+            self._seek_pending = False
+            held, self._held = self._held, frozenset()
+            if held:
+                super().resume_partitions(held)
 
 
 async def _drain(buffer: Any) -> None:
