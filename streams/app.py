@@ -310,9 +310,15 @@ class KairosApp:
         found: list[bytes] = []
         try:
             for n, (key, data) in enumerate(self.states.items(), start=1):
-                if isinstance(data, bytes) and self.processor.idle_past_retention(
-                    decode_last_seen(data[ROW_HEADER_SIZE:]), now
+                if (
+                    isinstance(data, bytes)
+                    and self.processor.idle_past_retention(
+                        decode_last_seen(data[ROW_HEADER_SIZE:]), now
+                    )
+                    and not decode_pending(self.pending.get(key)).open
                 ):
+                    # An open decision keeps the customer (its window's own tick comes later):
+                    # ticking it on every sweep would only add load.
                     found.append(key)
                 if n % chunk == 0:
                     await asyncio.sleep(0)
