@@ -60,6 +60,9 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
 
     With both, restarts show no false gaps and commits advance normally; the crash test still
     loses an event in about one run in seven (a later fetch jumping ahead), not yet explained.
+    Under exactly-once (offsets committed in transactions) the same changes made the crash test
+    lose more (3 of 3 runs, up to 9 events, against 1 event a run with the stock consumer), so
+    there the stock behaviour is kept until that is understood.
     """
 
     _seek_pending: bool = False
@@ -73,6 +76,9 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
 
     async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
         """A new assignment: source partitions stay paused until the seek to committed offsets."""
+        if self.in_transaction:
+            await super().on_partitions_assigned(assigned, generation_id)
+            return
         self._seek_pending = True
         self._held = frozenset()
         self._paused_partitions.update(self._source_tps(assigned))
@@ -89,6 +95,9 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         """Seek to committed offsets (never-committed ones to the start), then release the held."""
+        if self.in_transaction:
+            await super().perform_seek()
+            return
         try:
             await super().perform_seek()
             assignment = self.assignment()
