@@ -97,6 +97,24 @@ def _vs(e: Estimate, value: float) -> str:
     return where if where in ("above", "below") else "n.s."
 
 
+def _learned_rows(result: ObdResult) -> list[list[str]]:
+    """One row per learner and estimator, for both the terminal table and the HTML page."""
+    truth, rnd = result.bts_value, result.random_value
+    return [
+        [
+            label,
+            name.upper(),
+            pct(estimates[name].value),
+            pct_interval(estimates[name]),
+            _ess(estimates[name]),
+            _vs(estimates[name], truth.value),
+            _vs(estimates[name], rnd.value),
+        ]
+        for label, estimates in result.learned.items()
+        for name in ESTIMATORS
+    ]
+
+
 def _percent(e: Estimate) -> Estimate:
     """The estimate in percent, interval cut at 0 as in the tables (the plots then read alike)."""
     return replace(e, value=100 * e.value, low=max(100 * e.low, 0.0), high=100 * e.high)
@@ -163,18 +181,8 @@ def print_obd(result: ObdResult, data: Path, elapsed_s: float, console: Console)
         "vs random",
     ):
         second.add_column(column, justify="left" if column in ("policy", "estimator") else "right")
-    for label, estimates in result.learned.items():
-        for name in ESTIMATORS:
-            e = estimates[name]
-            second.add_row(
-                label,
-                name.upper(),
-                pct(e.value),
-                pct_interval(e),
-                _ess(e),
-                _vs(e, truth.value),
-                _vs(e, rnd.value),
-            )
+    for row in _learned_rows(result):
+        second.add_row(*row)
     value, interval = replay_cells(result)
     second.add_row(
         "online epsilon-greedy",
@@ -232,23 +240,12 @@ def render_obd_html(result: ObdResult, data: Path) -> str:
     first_plot = [(n.upper(), _percent(est[n])) for n in ESTIMATORS]
     first_plot += [("BTS on-policy (truth)", _percent(truth)), ("random on-policy", _percent(rnd))]
 
-    second_rows = []
-    second_plot: list[tuple[str, Estimate]] = []
-    for label, estimates in result.learned.items():
-        for name in ESTIMATORS:
-            e = estimates[name]
-            second_rows.append(
-                [
-                    label,
-                    name.upper(),
-                    pct(e.value),
-                    pct_interval(e),
-                    _ess(e),
-                    _vs(e, truth.value),
-                    _vs(e, rnd.value),
-                ]
-            )
-            second_plot.append((f"{label} {name.upper()}", _percent(e)))
+    second_rows = _learned_rows(result)
+    second_plot: list[tuple[str, Estimate]] = [
+        (f"{label} {name.upper()}", _percent(estimates[name]))
+        for label, estimates in result.learned.items()
+        for name in ESTIMATORS
+    ]
     value, interval = replay_cells(result)
     second_rows.append(
         [
