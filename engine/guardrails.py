@@ -28,10 +28,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from engine.campaign import IMMEDIATE_SLOT, NO_ACTION_ID, NO_CHANNEL, Action, Campaign, Cap
+from engine.state import zone_named
 
 __all__ = [
     "GUARDRAIL_ORDER",
@@ -78,20 +78,11 @@ def is_message(entry: SentEntry) -> bool:
     return entry[1] != NO_CHANNEL and entry[2] != NO_ACTION_ID
 
 
-@lru_cache(maxsize=1024)
-def _zone(name: str) -> ZoneInfo | None:
-    """Return the zone for an IANA name, or None when the name is unknown or malformed."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return None
-
-
 def customer_zone(timezone: str | None, default: str = "UTC") -> ZoneInfo:
     """Resolve the customer's time zone, falling back to the default for unknown or bad names."""
-    zone = _zone(timezone) if timezone else None
+    zone = zone_named(timezone) if timezone else None
     if zone is None:
-        zone = _zone(default)
+        zone = zone_named(default)
     return zone if zone is not None else ZoneInfo("UTC")
 
 

@@ -323,7 +323,7 @@ def last_action_ts(state: CustomerState, action_id: str) -> int | None:
 
 
 @lru_cache(maxsize=1024)
-def _zone(name: str) -> ZoneInfo | None:
+def zone_named(name: str) -> ZoneInfo | None:
     """The ZoneInfo of an IANA name, None when unknown (cached: lookups are slow)."""
     try:
         return ZoneInfo(name)
@@ -335,7 +335,7 @@ def _count_activity(
     activity: tuple[int, int], ts: datetime, timezone: str | None
 ) -> tuple[int, int]:
     """Count one event as day or evening activity in the customer's local time (UTC if unknown)."""
-    zone = _zone(timezone) if timezone else None
+    zone = zone_named(timezone) if timezone else None
     hour = (ts.astimezone(zone) if zone is not None else ts.astimezone(UTC)).hour
     day, evening = activity
     if hour >= EVENING_HOUR:
