@@ -96,7 +96,13 @@ def decide_traced(
     ineligible = tuple(a.id for a in campaign.actions if a.id not in eligible)
     timezone = state.timezone
     rails = apply_guardrails(
-        campaign, eligible, state.sent, now, timezone, last_sent=state.last_action
+        campaign,
+        eligible,
+        state.sent,
+        now,
+        timezone,
+        last_sent=state.last_action,
+        unsubscribed=state.unsubscribed,
     )
 
     def make(

@@ -16,6 +16,8 @@ are ignored.
   "now", at the slot's local send hour for a deferred slot ("evening", "next_morning"). So during
   quiet hours only deferred slots whose hour lies outside them survive; a campaign with only
   "now" sends nothing then.
+- Unsubscribed: a channel the customer unsubscribed from (CustomerState.unsubscribed) is never
+  messaged again.
 - The holdout group is stable: blake2b(salt, customer id) mapped to [0, 1), below the share.
 
 The no-action arm is never removed.
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -49,7 +51,13 @@ __all__ = [
 SentEntry = tuple[float, str, str, str]
 """One past message: (ts epoch seconds, channel, action_id, campaign)."""
 
-GUARDRAIL_ORDER: tuple[str, ...] = ("quiet_hours", "frequency_cap", "channel_cap", "cooldown")
+GUARDRAIL_ORDER: tuple[str, ...] = (
+    "unsubscribed",
+    "quiet_hours",
+    "frequency_cap",
+    "channel_cap",
+    "cooldown",
+)
 """The order guardrails are checked in; an action is charged to the first that blocks it."""
 
 
@@ -59,7 +67,7 @@ class GuardrailResult:
 
     allowed: tuple[str, ...]
     removed: Mapping[str, str] = field(default_factory=dict)
-    """Removed action id -> guardrail name (quiet_hours, frequency_cap, channel_cap, cooldown)."""
+    """Removed action id -> guardrail name (unsubscribed, quiet_hours, caps, cooldown)."""
 
     def counts(self) -> dict[str, int]:
         """Return how many actions each guardrail removed (for metrics)."""
@@ -155,10 +163,13 @@ def blocked_by(
     now: datetime,
     timezone: str | None,
     last_sent: Mapping[str, float] | None = None,
+    unsubscribed: Collection[str] = (),
 ) -> str | None:
     """Name the first guardrail that forbids sending this action now, or None if none does."""
     if not action.is_message:
         return None
+    if action.channel in unsubscribed:
+        return "unsubscribed"
     messages = [entry for entry in sent if is_message(entry)]
     return _blocked(campaign, action, messages, now, timezone, last_sent or {})
 
@@ -196,19 +207,21 @@ def apply_guardrails(
     now: datetime,
     timezone: str | None,
     last_sent: Mapping[str, float] | None = None,
+    unsubscribed: Collection[str] = (),
 ) -> GuardrailResult:
-    """Filter eligible action ids by caps, cooldown and quiet hours; no-action always stays."""
+    """Filter eligible action ids by unsubscribes, quiet hours, caps, cooldown; no-action stays."""
     messages = [entry for entry in sent if is_message(entry)]
     older = last_sent or {}
     allowed: list[str] = []
     removed: dict[str, str] = {}
     for action_id in action_ids:
         action = campaign.action(action_id)
-        reason = (
-            _blocked(campaign, action, messages, now, timezone, older)
-            if action.is_message
-            else None
-        )
+        if not action.is_message:
+            reason = None
+        elif action.channel in unsubscribed:
+            reason = "unsubscribed"
+        else:
+            reason = _blocked(campaign, action, messages, now, timezone, older)
         if reason is None:
             allowed.append(action_id)
         else:

@@ -97,6 +97,8 @@ class CustomerState(msgspec.Struct, frozen=True, array_like=True):
     """Timer kind -> (due epoch seconds, id of the event that armed it)."""
     activity: tuple[int, int] = (0, 0)
     """Events before / from EVENING_HOUR in the customer's local time (halved past ACTIVITY_CAP)."""
+    unsubscribed: list[str] = []
+    """Channels the customer unsubscribed from (an `unsubscribed` outcome of a message there)."""
 
 
 def epoch_seconds(ts: datetime) -> int:
@@ -124,6 +126,7 @@ class _Wire(msgspec.Struct, array_like=True):
     timezone: str | None = None
     timers: dict[str, tuple[int, str, bytes]] = {}
     activity: tuple[int, int] = (0, 0)
+    unsubscribed: list[str] = []
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -442,12 +445,23 @@ def record_decision(state: CustomerState, decision: Decision) -> CustomerState:
 def apply_outcome(
     state: CustomerState, outcome: Outcome, channel: str | None = None
 ) -> CustomerState:
-    """Count an open, click or conversion overall, and for its channel when the caller knows it."""
+    """Count an open, click or conversion overall, and for its channel when the caller knows it.
+
+    An unsubscribe from a known channel is remembered (`unsubscribed`), so that no campaign
+    messages the customer there again (engine.guardrails).
+    """
+    known = channel not in NO_CHANNELS and channel is not None and channel != ALL_CHANNELS
+    if outcome.type == "unsubscribed":
+        if not known or channel in state.unsubscribed:
+            return state
+        return msgspec.structs.replace(
+            state, unsubscribed=sorted([*state.unsubscribed, str(channel)])
+        )
     slot = _OUTCOME_SLOT.get(outcome.type)
     if slot is None:
         return state
     engagement = dict(state.engagement)
     _bump(engagement, ALL_CHANNELS, slot)
-    if channel not in NO_CHANNELS and channel is not None and channel != ALL_CHANNELS:
+    if known and channel is not None:
         _bump(engagement, channel, slot)
     return msgspec.structs.replace(state, engagement=engagement)

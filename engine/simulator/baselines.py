@@ -68,7 +68,13 @@ def options_for(
     raw = compute_features(state, trigger, now)
     eligible = [a.id for a in campaign.actions if not a.is_message or a.eligible(raw)]
     rails = apply_guardrails(
-        campaign, eligible, state.sent, now, state.timezone, last_sent=state.last_action
+        campaign,
+        eligible,
+        state.sent,
+        now,
+        state.timezone,
+        last_sent=state.last_action,
+        unsubscribed=state.unsubscribed,
     )
     holdout = in_holdout(trigger.customer_id, campaign)
     if holdout:

@@ -291,3 +291,16 @@ def test_holdout_depends_on_the_salt() -> None:
 def test_zero_share_holds_out_nobody() -> None:
     campaign = make_campaign(holdout_share=0.0)
     assert not any(in_holdout(f"c{i}", campaign) for i in range(1000))
+
+
+def test_unsubscribed_channels_are_never_messaged() -> None:
+    """An unsubscribed channel's actions go first, named so; other channels and no-action stay."""
+    result = apply_guardrails(CAMPAIGN, CAMPAIGN.action_ids, [], NOW, None, unsubscribed=["email"])
+    removed = {a for a, why in result.removed.items() if why == "unsubscribed"}
+    emails = {a.id for a in CAMPAIGN.actions if a.is_message and a.channel == "email"}
+    assert emails and removed == emails
+    assert NO_ACTION_ID in result.allowed and not emails & set(result.allowed)
+    assert any(a.startswith("sms") or a.startswith("push") for a in result.allowed)
+    action = CAMPAIGN.action(sorted(emails)[0])
+    assert blocked_by(CAMPAIGN, action, [], NOW, None, unsubscribed=("email",)) == "unsubscribed"
+    assert blocked_by(CAMPAIGN, action, [], NOW, None) is None

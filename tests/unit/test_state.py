@@ -356,3 +356,17 @@ def test_activity_counts_day_and_evening_events_in_local_time() -> None:
     assert state.activity == (1, 2)
     many = msgspec.structs.replace(state, activity=(1000, 7))
     assert apply(many, ev("page_view", noon_utc - timedelta(hours=6))).activity == (500, 3)
+
+
+def test_an_unsubscribe_is_remembered_per_channel_and_survives_encoding() -> None:
+    state = apply(None, ev("page_view"))
+    unsub = Outcome(outcome_id="u1", customer_id="c1", type="unsubscribed", ts=T0)
+    assert apply_outcome(state, unsub) is state  # channel unknown: nothing to remember
+    state = apply_outcome(state, unsub, "sms")
+    state = apply_outcome(state, unsub, "email")
+    assert state.unsubscribed == ["email", "sms"]
+    assert apply_outcome(state, unsub, "sms") is state
+    assert state.engagement == {}  # an unsubscribe is not an engagement count
+    assert decode_state(encode_state(state)) == state
+    typical = msgspec.structs.replace(typical_state(), unsubscribed=["sms"])
+    assert len(encode_state(typical)) < 500
