@@ -78,6 +78,7 @@ class _Body(msgspec.Struct, frozen=True, kw_only=True):
     pickled: bytes | None = None
     factored_blocks: list[str] = []
     factored_actions: dict[str, list[int]] = {}
+    factored_scale: dict[str, str] = {}
 
 
 def _poisson1(rng: random.Random) -> int:
@@ -353,6 +354,7 @@ class ContextualBandit:
                 feature_names=list(proto.index.names),
                 factored_blocks=list(proto.blocks),
                 factored_actions={a: list(b) for a, b in proto.layout.items()},
+                factored_scale=proto.scale,
                 models={"": _ridge_state(self._shared(self._models))},
                 replicas={"": [_ridge_state(m) for m in self._shared_replicas()]},
             )
@@ -394,6 +396,7 @@ class ContextualBandit:
                     body.factored_actions,
                     body.ridge_l2,
                     FeatureIndex(body.feature_names),
+                    body.factored_scale,
                 )
                 bandit = cls(
                     body.action_ids, exploration, factored, body.seed, body.baseline_action

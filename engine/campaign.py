@@ -68,6 +68,8 @@ MAX_ACTIONS = 100
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _FEATURE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\*?$")
+_SCALE_DIM_RE = re.compile(r"\{([a-z]+)\}")
+_DIMENSIONS = ("channel", "offer", "message", "slot")
 _VALUE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _RULE_RE = re.compile(
     r"^\s*(?P<feature>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=|==|!=|>|<)\s*"
@@ -245,6 +247,18 @@ class Campaign:
     """Context features the models see: names, or prefixes ending in "*"; empty means all."""
     model_l2: float = 1.0
     """Prior precision (ridge penalty) of the ridge and factored models' weights."""
+    model_scale: str = ""
+    """Factored model: a feature name template such as "open_best_{channel}"; each message's
+    blocks get a twin scaled by that feature of the action's dimension values ("" for none)."""
+
+    def scale_feature(self, action: Action) -> str | None:
+        """The model_scale feature of one message action (None without model_scale)."""
+        if not self.model_scale or not action.is_message:
+            return None
+        name = self.model_scale
+        for dim, value in action.dimensions().items():
+            name = name.replace("{" + dim + "}", value)
+        return name
 
     def model_context(self, context: Mapping[str, float]) -> dict[str, float]:
         """Keep the context features `model_features` names (all when it names none)."""
@@ -431,6 +445,18 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
     if top.has("model_features"):
         model_features = top.strings("model_features", pattern=_FEATURE_RE)
     model_l2 = top.number("model_l2", 1.0, low=0.0, high=1e6, low_open=True)
+    model_scale = top.string("model_scale", default="")
+    if model_scale:
+        if model != "factored":
+            raise CampaignError("model_scale", 'needs model = "factored"')
+        bare = _SCALE_DIM_RE.sub("x", model_scale)
+        dims = set(_SCALE_DIM_RE.findall(model_scale))
+        if not _FEATURE_RE.match(bare) or bare.endswith("*") or not dims <= set(_DIMENSIONS):
+            raise CampaignError(
+                "model_scale",
+                f"{model_scale!r} must be a feature name with {{dimension}} placeholders "
+                f"({', '.join(_DIMENSIONS)})",
+            )
     guardrails = _parse_guardrails(top.table("guardrails"))
     actions, slot_hours = _parse_actions(top.table("actions", required=True), guardrails)
     actions = _apply_costs(top.table("costs"), actions)
@@ -451,6 +477,7 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
         description=description,
         model_features=model_features,
         model_l2=model_l2,
+        model_scale=model_scale,
     )
 
 

@@ -219,9 +219,11 @@ def build_bandit(campaign: Campaign, seed: int = 0) -> ContextualBandit:
     if model in ("default", "ridge"):
         model = RidgeModel(l2=campaign.model_l2)
     if model == "factored":
+        scale = {a.id: campaign.scale_feature(a) for a in campaign.actions}
         model = FactoredRidge(
             {a.id: a.dimensions() if a.is_message else None for a in campaign.actions},
             l2=campaign.model_l2,
+            scale={a: name for a, name in scale.items() if name},
         )
     return ContextualBandit(
         list(campaign.action_ids),

@@ -305,15 +305,21 @@ class FactoredRidge:
     learned from all decisions and what the arms share (a channel, an offer, whether to message at
     all) from every arm that has it, instead of 21 models learning alone. Block b of context
     feature i sits at position i * n_blocks + b, so new features grow the vector at its end.
+
+    With `scale` (action id -> a context feature's name), each message block also has a scaled
+    twin ("~message", "~offer=...") whose input is the context times that action's feature, e.g.
+    the probability that the action's channel is the one the customer opens most: an effect that
+    multiplies (an offer works on the channel they read) is then one weight, not one per channel.
     """
 
-    __slots__ = ("_block_of", "blocks", "index", "model")
+    __slots__ = ("_block_of", "_plain", "_scale", "_scaled", "blocks", "index", "model")
 
     def __init__(
         self,
         actions: Mapping[str, Mapping[str, str] | None],
         l2: float = 1.0,
         index: FeatureIndex | None = None,
+        scale: Mapping[str, str] | None = None,
     ) -> None:
         """Build the blocks from action id -> dimension values (None for the no-action arm)."""
         values: dict[str, set[str]] = {}
@@ -323,6 +329,7 @@ class FactoredRidge:
         varying = {d for d, vs in values.items() if len(vs) > 1}
         names: list[str] = ["*", "message"]
         block_of: dict[str, tuple[int, ...]] = {}
+        scale = dict(scale or {})
         for action_id, dims in actions.items():
             if dims is None:
                 block_of[action_id] = (0,)
@@ -333,19 +340,55 @@ class FactoredRidge:
                     names.append(name)
                 own.append(names.index(name))
             block_of[action_id] = tuple(own)
+        unknown = set(scale) - set(block_of)
+        if unknown:
+            raise ValueError(f"scale names unknown actions: {', '.join(sorted(unknown))}")
+        if scale:
+            plain = list(names)
+            names += [f"~{name}" for name in plain[1:]]
+            for action_id in scale:
+                base = block_of[action_id]
+                twins = tuple(names.index(f"~{plain[b]}") for b in base if b)
+                block_of[action_id] = base + twins
         self.blocks: tuple[str, ...] = tuple(names)
-        self._block_of = block_of
         self.index = index if index is not None else FeatureIndex()
         self.model = RidgeModel(l2)
+        self._set_layout(block_of, scale)
+
+    def _set_layout(self, block_of: Mapping[str, Sequence[int]], scale: Mapping[str, str]) -> None:
+        """Check and keep each action's blocks, split into plain and scaled ones."""
+        n_blocks = len(self.blocks)
+        self._block_of: dict[str, tuple[int, ...]] = {}
+        self._plain: dict[str, list[int]] = {}
+        self._scaled: dict[str, list[int]] = {}
+        for action_id, own in block_of.items():
+            if not own or any(not 0 <= b < n_blocks for b in own):
+                raise ValueError(f"bad blocks for action {action_id!r}")
+            self._block_of[action_id] = tuple(own)
+            self._plain[action_id] = [b for b in own if not self.blocks[b].startswith("~")]
+            self._scaled[action_id] = [b for b in own if self.blocks[b].startswith("~")]
+            if self._scaled[action_id] and action_id not in scale:
+                raise ValueError(f"action {action_id!r} has scaled blocks but no scale feature")
+        unknown = set(scale) - set(block_of)
+        if unknown:
+            raise ValueError(f"scale names unknown actions: {', '.join(sorted(unknown))}")
+        self._scale: dict[str, str] = dict(scale)
 
     @property
     def l2(self) -> float:
         """The ridge prior precision of every weight."""
         return self.model.l2
 
+    @property
+    def scale(self) -> dict[str, str]:
+        """Each scaled action's scale feature (what a snapshot keeps besides the layout)."""
+        return dict(self._scale)
+
     def clone(self) -> FactoredRidge:
         """Return an untrained model with the same actions, prior and feature index."""
-        return FactoredRidge.from_layout(self.blocks, self._block_of, self.model.l2, self.index)
+        return FactoredRidge.from_layout(
+            self.blocks, self._block_of, self.model.l2, self.index, self._scale
+        )
 
     @classmethod
     def from_layout(
@@ -354,14 +397,12 @@ class FactoredRidge:
         block_of: Mapping[str, Sequence[int]],
         l2: float,
         index: FeatureIndex,
+        scale: Mapping[str, str] | None = None,
     ) -> FactoredRidge:
         """Rebuild an untrained model from its blocks and each action's block positions."""
         model = cls({}, l2, index)
         model.blocks = tuple(blocks)
-        for action_id, own in block_of.items():
-            if not own or any(not 0 <= b < len(model.blocks) for b in own):
-                raise ValueError(f"bad blocks for action {action_id!r}")
-        model._block_of = {a: tuple(own) for a, own in block_of.items()}
+        model._set_layout(block_of, scale or {})
         return model
 
     @property
@@ -382,11 +423,19 @@ class FactoredRidge:
         self.model = RidgeModel(self.model.l2, index=FeatureIndex([str(i) for i in range(dim - 1)]))
         self.model.load_state(state)
 
-    def _crossed(self, x: FloatArray, action_id: str) -> FloatArray:
+    def _scale_value(self, features: Mapping[str, float], action_id: str) -> float:
+        """The action's scale feature in this context (1 for unscaled actions, 0 when absent)."""
+        name = self._scale.get(action_id)
+        return 1.0 if name is None else float(features.get(name, 0.0))
+
+    def _crossed(self, x: FloatArray, action_id: str, scale: float = 1.0) -> FloatArray:
         """The context vector placed in the blocks of the action (zeros elsewhere)."""
         n_blocks = len(self.blocks)
         out = np.zeros((x.shape[0], n_blocks), dtype=np.float64)
-        out[:, list(self._block_of[action_id])] = x[:, None]
+        out[:, self._plain[action_id]] = x[:, None]
+        scaled = self._scaled[action_id]
+        if scaled:
+            out[:, scaled] = (x * scale)[:, None]
         return out.reshape(-1)
 
     def block_scores(self, features: Mapping[str, float]) -> FloatArray:
@@ -402,7 +451,14 @@ class FactoredRidge:
     ) -> dict[str, float]:
         """Return every listed action's expected reward, encoding the context once."""
         scores = self.block_scores(features)
-        return {a: float(scores[list(self._block_of[a])].sum()) for a in action_ids}
+        out: dict[str, float] = {}
+        for a in action_ids:
+            value = float(scores[self._plain[a]].sum())
+            scaled = self._scaled[a]
+            if scaled:
+                value += self._scale_value(features, a) * float(scores[scaled].sum())
+            out[a] = value
+        return out
 
     def predict_action(self, features: Mapping[str, float], action_id: str) -> float:
         """Return one action's expected reward in this context."""
@@ -413,7 +469,8 @@ class FactoredRidge:
     ) -> None:
         """Update the shared weights with one reward of this action."""
         x = self.index.encode(features, grow=True)
-        self.model.learn_vector(self._crossed(x, action_id), reward, weight)
+        crossed = self._crossed(x, action_id, self._scale_value(features, action_id))
+        self.model.learn_vector(crossed, reward, weight)
 
     def view(self, action_id: str) -> ActionView:
         """The per-action face of this shared model, as the bandit keeps one per action."""

@@ -33,6 +33,9 @@ triggers = ["cart_abandoned", "first_purchase", "purchase"]
 objective = "uplift"
 # One ridge model over (context x action dimensions), shared by every arm (engine.models).
 model = "factored"
+# Each message's blocks also get a twin scaled by P(its channel is the one they open most):
+# an offer works on the channel they read, one weight for all three channels.
+model_scale = "open_best_{channel}"
 # What the model sees: who they are (categories, order value, purchases a day), which channel
 # they open (shares and P(best) of open rates), when they are active, the trigger, fatigue.
 model_features = [

@@ -276,3 +276,22 @@ def test_snapshot_of_a_previous_default_restores_unchanged() -> None:
     body["exploration_kind"] = "no_such_kind"
     with pytest.raises(SnapshotError, match="kind"):
         ContextualBandit.restore(pack(msgspec.msgpack.encode(body)))
+
+
+def test_factored_bandit_with_scaled_blocks_snapshots_its_scale() -> None:
+    """The scale features are part of the snapshot: a restored bandit predicts the same."""
+    scale = {a: f"open_{a}" for a in ACTIONS if a != "none"}
+    model = FactoredRidge(
+        {a: None if a == "none" else {"channel": a} for a in ACTIONS}, scale=scale
+    )
+    bandit = ContextualBandit(ACTIONS, None, model, seed=2, baseline_action="none")
+    rng = random.Random(2)
+    for _ in range(200):
+        action = rng.choice(ACTIONS)
+        x = {f"open_{a}": rng.random() for a in ACTIONS if a != "none"}
+        bandit.learn(action, x, x.get(f"open_{action}", 0.0))
+    restored = ContextualBandit.restore(bandit.snapshot())
+    ctx = {f"open_{a}": 0.5 for a in ACTIONS if a != "none"} | {"open_sms": 0.9}
+    assert restored.scores(ctx) == bandit.scores(ctx)
+    assert restored.greedy(ctx, ACTIONS) == bandit.greedy(ctx, ACTIONS) == "sms"
+    assert restored.snapshot() == bandit.snapshot()

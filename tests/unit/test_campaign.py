@@ -341,3 +341,24 @@ def test_model_features_keep_named_features_and_prefixes() -> None:
         "open_top_email": 0.0,
     }
     assert parse_campaign(base()).model_context(context) == context
+
+
+def test_model_scale_names_each_message_a_feature_of_its_channel() -> None:
+    data = base()
+    data["model"] = "factored"
+    data["model_scale"] = "open_best_{channel}"
+    campaign = parse_campaign(data)
+    messages = [a for a in campaign.actions if a.is_message]
+    assert messages
+    for action in messages:
+        assert campaign.scale_feature(action) == f"open_best_{action.channel}"
+    assert campaign.scale_feature(campaign.no_action) is None
+    assert parse_campaign(base()).scale_feature(messages[0]) is None
+    for bad in ("open_best_{colour}", "Open {channel}", "open_*"):
+        data["model_scale"] = bad
+        with pytest.raises(CampaignError, match="model_scale"):
+            parse_campaign(data)
+    data["model_scale"] = "open_best_{channel}"
+    data["model"] = "ridge"
+    with pytest.raises(CampaignError, match="model_scale: needs"):
+        parse_campaign(data)

@@ -199,3 +199,45 @@ def test_factored_model_is_ridge_on_the_crossed_context() -> None:
     assert preds["none"] == pytest.approx(model.predict({"u": 1.0}))
     twin = model.view("sms:a").clone()
     assert twin.predict({"u": 1.0}) == 0.0 and model.predict_actions({"u": 1.0}, arms) == preds
+
+
+def test_scaled_twin_blocks_make_a_multiplicative_channel_effect_one_weight() -> None:
+    """With scale, a message's blocks get twins fed context x its feature; exact ridge still."""
+    scale = {a: f"p_{dims['channel']}" for a, dims in _ARMS.items() if dims}
+    model = FactoredRidge(_ARMS, l2=1.0, scale=scale)
+    assert model.blocks[:6] == FactoredRidge(_ARMS).blocks
+    assert model.blocks[6:] == (
+        "~message",
+        "~channel=email",
+        "~offer=a",
+        "~offer=b",
+        "~channel=sms",
+    )
+    assert model.layout["none"] == (0,) and model.scale == scale
+    rng = random.Random(3)
+    arms = list(_ARMS)
+    rows, targets = [], []
+    for _ in range(300):
+        arm = rng.choice(arms)
+        p_email = rng.random()
+        x = {"p_email": p_email, "p_sms": 1.0 - p_email}
+        own = scale.get(arm)
+        # Reward: 0.1 baseline, +0.6 times the probability the message's channel is read.
+        reward = 0.1 + (0.6 * x[own] if own else 0.0)
+        model.view(arm).learn(x, reward)
+        crossed = np.zeros((3, len(model.blocks)))
+        vec = np.array([1.0, p_email, 1.0 - p_email])
+        for b in model.layout[arm]:
+            crossed[:, b] = vec * (x[own] if model.blocks[b].startswith("~") else 1.0)
+        rows.append(crossed.reshape(-1))
+        targets.append(reward)
+    design, y = np.array(rows), np.array(targets)
+    w = np.linalg.solve(np.eye(design.shape[1]) + design.T @ design, design.T @ y)
+    assert np.allclose(model.model.w, w, atol=1e-8)
+    preds = model.predict_actions({"p_email": 0.9, "p_sms": 0.1}, arms)
+    assert preds["email:a"] > preds["sms:a"] and preds["email:b"] > preds["sms:b"]
+    assert preds["email:a"] == pytest.approx(0.1 + 0.6 * 0.9, abs=0.05)
+    twin = model.clone()
+    assert twin.scale == scale and twin.layout == model.layout
+    with pytest.raises(ValueError, match="unknown actions"):
+        FactoredRidge(_ARMS, scale={"push:a": "p_push"})
