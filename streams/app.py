@@ -33,6 +33,7 @@ from streams.processor import (
 )
 from streams.settings import Settings
 from streams.timer_index import TimerIndex
+from streams.topics import producer_config
 
 log = logging.getLogger("kairos.app")
 
@@ -41,14 +42,15 @@ class _FaustApp(faust.App):
     """A Faust app whose consumer fetches with a short wait (see streams/transport.py)."""
 
     def _new_transport(self) -> Any:
-        from streams.transport import LowLatencyTransport
+        # Faust builds app.producer from this transport, not from the producer transport.
+        from streams.rdkafka_producer import RdkafkaTransport
 
-        return LowLatencyTransport(self.conf.broker_consumer, self)
+        return RdkafkaTransport(self.conf.broker_consumer, self)
 
     def _new_producer_transport(self) -> Any:
-        from streams.transport import LowLatencyTransport
+        from streams.rdkafka_producer import RdkafkaTransport
 
-        return LowLatencyTransport(self.conf.broker_producer, self)
+        return RdkafkaTransport(self.conf.broker_producer, self)
 
 
 def faust_options(s: Settings) -> dict[str, Any]:
@@ -121,6 +123,15 @@ class KairosApp:
     def _build_faust_app(self) -> faust.App:
         s = self.settings
         app = _FaustApp(s.app_id, broker_credentials=_credentials(s), **faust_options(s))
+        # Non-transactional sends through librdkafka (streams/rdkafka_producer.py), or aiokafka.
+        use_rdkafka = s.producer_client == "librdkafka" and s.processing_guarantee != "exactly_once"
+        app.kairos_producer_config = (  # type: ignore[attr-defined]
+            producer_config(
+                s, **{"acks": s.producer_acks, "enable.idempotence": s.producer_acks == -1}
+            )
+            if use_rdkafka
+            else None
+        )
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         names = s.topics
         self.events_topic = app.topic(names.events, partitions=s.partitions, **raw)

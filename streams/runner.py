@@ -17,10 +17,19 @@ from streams.topics import ensure_topics
 log = logging.getLogger("kairos.worker")
 
 
+def use_event_loop(name: str) -> None:
+    """Install the event-loop policy the worker runs on; must run before Faust creates its loop."""
+    if name == "uvloop":
+        import mode.loop
+
+        mode.loop.use("uvloop")
+
+
 def run_worker(settings: Settings) -> None:
     """Run a worker in this process until SIGTERM or Ctrl-C; returns after a clean stop."""
     started = time.monotonic()
     configure_logging(settings.log_level)
+    use_event_loop(settings.event_loop)
     campaigns = resolve_campaigns(settings.campaigns)
     ensure_topics(settings)
     kairos = KairosApp(settings, campaigns)

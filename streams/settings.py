@@ -111,6 +111,17 @@ class Settings(BaseSettings):
     producer_linger_ms: int = Field(default=0, ge=0)
     producer_acks: int = Field(default=-1, ge=-1, le=1, description="-1 = all replicas")
     commit_interval_s: float = Field(default=1.0, gt=0)
+    producer_client: Literal["librdkafka", "aiokafka"] = Field(
+        default="librdkafka",
+        description="Which client sends the worker's records (decisions, changelogs, ticks): "
+        "librdkafka does the batching and I/O in C threads (BENCHMARKS.md, Latency). Under "
+        "exactly-once, transactions always go through aiokafka.",
+    )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="uvloop (libuv) runs the worker's event loop with less overhead per message "
+        "than the stdlib loop (BENCHMARKS.md, Latency); asyncio is the fallback.",
+    )
     # Input hygiene.
     max_event_age_days: float = Field(default=30.0, gt=0)
     max_event_future_s: float = Field(default=300.0, ge=0)
