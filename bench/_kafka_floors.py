@@ -29,7 +29,8 @@ def run_confluent(settings: Settings, source: str, sink: str, group: str) -> Non
     from streams.topics import consumer_config, producer_config
 
     consumer = Consumer(consumer_config(settings, group, **{"enable.auto.commit": True}))
-    producer = Producer(producer_config(settings))
+    # linger 0: the floor is the lowest latency a bare loop gets, whatever the worker's linger.
+    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
     consumer.subscribe([source])
     running = True
 
@@ -57,8 +58,9 @@ def run_faust(settings: Settings, source: str, sink: str, app_id: str) -> None:
     from streams.app import faust_options
 
     s = settings
-    # The same Faust settings as the Kairos worker (streams.app.faust_options), plain faust.App.
-    app = faust.App(app_id, **faust_options(s))
+    # The Kairos worker's Faust settings (streams.app.faust_options) on a plain faust.App (stock
+    # aiokafka transport and loop), with linger 0 as the lowest-latency floor.
+    app = faust.App(app_id, **{**faust_options(s), "producer_linger": 0.0})
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     inbound = app.topic(source, partitions=s.partitions, **raw)
     outbound = app.topic(sink, **raw)

@@ -69,7 +69,7 @@ def faust_options(s: Settings) -> dict[str, Any]:
         broker_commit_interval=s.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         consumer_group_instance_id=s.group_instance_id,
-        # Latency: send at once rather than waiting to fill a batch.
+        # Latency: a short linger (see Settings.producer_linger_ms).
         producer_linger=s.producer_linger_ms / 1000.0,
         producer_acks=s.producer_acks,
         processing_guarantee=s.processing_guarantee,
