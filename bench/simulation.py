@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"{args.customers:,} simulated customers (6 hidden personas), campaign "
             "`simulated_nudge` (engine/simulator/campaign.py: 20 arms + no-action, uplift, "
-            "the factored model on a short list of context features, squarecb with gamma 100: "
-            "settings chosen on this simulator with seeds 0-2), 60 days of pre-launch history "
+            "the factored model on a short list of context features with its message blocks "
+            "also scaled by P(the action's channel is the customer's most opened), squarecb "
+            "with gamma 100: settings chosen on this simulator with seeds 0-2; no policy "
+            "messages a channel the customer unsubscribed from), 60 days of pre-launch history "
             "under a random legacy campaign, then each policy decides until "
             f"{args.decisions:,} decisions, its own closed loop, same population and seed. "
             "Values are the exact hidden expected net rewards (reward - cost); 'incremental' is "
