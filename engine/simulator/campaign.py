@@ -7,9 +7,11 @@ it is kept as TOML text so a worker can run the very same file (`kairos simulate
 Its model settings were chosen on this simulator (seeds 0-2, runs of 30,000-100,000
 decisions; BENCHMARKS.md, Simulation): the factored model (one ridge model shared by the 21 arms,
 so the baseline and each channel's and offer's effect are learned from every decision), a short
-list of context features (fewer weights to learn from noisy conversions), and squarecb with
-gamma 100 instead of 30. They use nothing hidden: every feature comes from the events, outcomes
-and messages a worker sees.
+list of context features (fewer weights to learn from noisy conversions), message blocks with
+twins scaled by P(the action's channel is the customer's most opened) (`model_scale`: one weight
+for an offer's effect on whichever channel they read), and squarecb with gamma 100 instead of
+30. They use nothing hidden: every feature comes from the events, outcomes and messages a
+worker sees.
 """
 
 from __future__ import annotations
