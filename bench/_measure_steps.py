@@ -166,7 +166,8 @@ def run_step(
     """Offer `rate` events/s for warmup_s + measure_s and measure the records sent after warm-up."""
     ctx.seed += 1
     spec = LoadSpec(
-        producer_config=producer_config(ctx.settings),
+        # linger 0: latency counts from the send call, so the generator must not hold records.
+        producer_config=producer_config(ctx.settings, **{"linger.ms": 0}),
         topic=ctx.input_topic,
         rate=rate,
         duration_s=warmup_s + measure_s,

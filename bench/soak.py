@@ -94,7 +94,7 @@ def produce_mixed(
     Customers churn: `customers` are active at any time, and new ones replace the oldest at
     rate/10 per second, so each customer is active for about 10 x customers / rate seconds.
     """
-    producer = Producer(producer_config(settings))
+    producer = Producer(producer_config(settings, **{"linger.ms": 0}))  # latency counts from send
     rng = random.Random(11)
     start = time.perf_counter()
     sent = 0
