@@ -132,6 +132,8 @@ class KairosApp:
             if use_rdkafka
             else None
         )
+        # The action topic is sent without linger, by a client of its own (rdkafka_producer).
+        app.kairos_urgent_topics = frozenset({s.topics.decisions})  # type: ignore[attr-defined]
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         names = s.topics
         self.events_topic = app.topic(names.events, partitions=s.partitions, **raw)

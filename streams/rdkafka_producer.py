@@ -12,7 +12,9 @@ by the broker before offsets are committed: see streams/transport.py for why tha
 the aiokafka client still runs beside it for what only Faust's driver does (topic creation, key
 partitioning, and transactions: under exactly-once every send goes through aiokafka unchanged).
 The partitioner is murmur2, the same as aiokafka's and Java's, so keyed records land where the
-rest of Kairos expects them.
+rest of Kairos expects them. Two librdkafka clients share the work: the action topic goes out at
+once (linger 0), everything else (changelogs, ticks, rewards) lingers `producer_linger_ms` to be
+sent in fewer, larger requests; the flush barrier covers both.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class RdkafkaProducer(DrainingProducer):
     """
 
     _rdkafka: Producer | None = None
+    _urgent: Producer | None = None
+    _urgent_topics: frozenset[str] = frozenset()
     _poll_handle: asyncio.TimerHandle | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -72,6 +76,11 @@ class RdkafkaProducer(DrainingProducer):
         if config is None or self.app.in_transaction:
             return
         self._rdkafka = Producer(dict(config))
+        # Latency-critical topics (the action topic) get their own client without linger, so a
+        # decision never waits for a batch of changelog records to fill.
+        self._urgent_topics = frozenset(getattr(self.app, "kairos_urgent_topics", ()))
+        if self._urgent_topics:
+            self._urgent = Producer({**config, "linger.ms": 0})
 
     def _poll_deliveries(self) -> None:
         """Serve delivery reports on the event loop; again soon while records are unacknowledged.
@@ -84,6 +93,8 @@ class RdkafkaProducer(DrainingProducer):
         if producer is None:
             return
         producer.poll(0)
+        if self._urgent is not None:
+            self._urgent.poll(0)
         if self._unacked:
             self._poll_handle = asyncio.get_running_loop().call_later(
                 DELIVERY_POLL_S, self._poll_deliveries
@@ -102,6 +113,9 @@ class RdkafkaProducer(DrainingProducer):
             if self._poll_handle is not None:
                 self._poll_handle.cancel()
             producer.flush(1.0)
+            if self._urgent is not None:
+                self._urgent.flush(1.0)
+                self._urgent = None
         await super().on_stop()
 
     async def send(
@@ -155,6 +169,8 @@ class RdkafkaProducer(DrainingProducer):
             extra["timestamp"] = int(timestamp * 1000.0)
         if headers:
             extra["headers"] = headers
+        if self._urgent is not None and topic in self._urgent_topics:
+            producer = self._urgent
         while True:
             try:
                 producer.produce(topic, value, key, on_delivery=delivered, **extra)

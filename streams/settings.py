@@ -109,12 +109,12 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     rebalance_timeout_s: float = Field(default=20.0, gt=0)
     producer_linger_ms: int = Field(
-        default=2,
+        default=5,
         ge=0,
-        description="How long the producer waits to fill a batch. 2 ms, not 0: fewer, larger "
-        "produce requests cost the broker and the worker less CPU on a shared 2-core machine, "
-        "which lowered p99 at 1,000 triggers/s and let one worker keep up with 3,000 mixed "
-        "events/s (BENCHMARKS.md, Latency).",
+        description="How long the producer waits to fill a batch of changelog, tick and reward "
+        "records: fewer, larger produce requests cost the broker and the worker less CPU on a "
+        "shared 2-core machine. Decisions (the action topic) never wait: with librdkafka they "
+        "have a client of their own without linger (BENCHMARKS.md, Latency).",
     )
     producer_acks: int = Field(default=-1, ge=-1, le=1, description="-1 = all replicas")
     commit_interval_s: float = Field(default=1.0, gt=0)
