@@ -418,23 +418,24 @@ def render(run: Run, args: argparse.Namespace) -> str:
 # Written from the profile and CPU figures of the run that produced the tables; revise on rerun.
 LIMITS_TEXT = """
 **CPU, in Faust's per-record machinery.** At 1,000 triggers/s the worker process is busy most of
-a core (CPU system column), so decisions queue behind each other and the tail grows; the backlog
-table shows the ceiling of each system on the same records. Profiles of the worker draining a
-backlog (py-spy, GIL-holding samples, 2026-11-25) put the decision itself (`engine.decide`,
-features, bandit) at 10-20% of the worker's Python time and JSON at ~2%; the rest is Faust and
-asyncio per record: the consumer thread hand-off, stream and event objects, acks, table
-get/set (RocksDB plus a changelog record per changed row), and sending. What changed on
-2026-11-25, each measured on a quiet machine in the same session: sends go through librdkafka
-instead of aiokafka (aiokafka built each produce request in Python and wrote it on the event loop:
-~18% of the worker's samples were in its socket write), the worker runs on uvloop, and the
-producer lingers 2 ms (fewer, larger produce requests: less broker and worker CPU on 2 shared
-cores). Backlog drain went from ~1,880 to ~2,980 mixed events/s (CPU per event 520 -> 380 µs);
-at a fixed rate one worker now keeps up with 3,000 mixed events/s (it fell behind at 3,000
-before). **Still missed:** p99 under 10 ms at 1,000 triggers/s and 5,000 mixed events/s. The bare
-Faust pass-through agent alone (no tables, no decision) drains ~4,400-5,000 events/s on this
-machine, so 5,000/s for a worker that also reads and writes two tables and decides needs less
-per-record framework work than Faust does (e.g. batching a partition's records per table
-read/write, or a worker on librdkafka's consumer), not a faster bandit.
+a core (CPU system column), so decisions queue behind each other and the tail grows with any
+hiccup; at 500/s it decides in ~1.5 ms (p50). The backlog table gives each system's ceiling on
+the same records: Kairos drains ~4,100 mixed events/s, about three quarters of what the bare Faust
+pass-through agent (no tables, no decision) manages on this machine (~5,350/s), and needs ~260 µs
+of CPU per event against Faust's ~150. The profile attributes ~40% of the worker's busy samples to
+Faust/mode stream machinery and ~10% to the decision itself (`engine.decide`, features, bandit);
+`streams/` includes the librdkafka `produce()` calls. What changed on 2026-11-25, each step
+measured on a quiet machine: sends go through librdkafka instead of aiokafka (aiokafka built each
+produce request in Python and wrote it on the event loop: ~18% of the worker's samples were in
+that socket write); decisions have a librdkafka client of their own without linger while
+changelog, tick and reward records linger 5 ms (fewer, larger requests: less broker and worker
+CPU); the worker runs on uvloop. Mixed throughput at a fixed rate went from 2,000 to 3,000
+events/s kept up; trigger p50 at 500/s is ~1.5 ms. **Still missed:** p99 under 10 ms at 1,000
+triggers/s (the worker is CPU-bound there and runs differ a lot: 17-43 ms across today's runs, 21
+ms in yesterday's) and 5,000 mixed events/s: the Faust floor itself is
+barely above 5,000/s here, so the goal needs less per-record framework work than Faust does (for
+example a partition's records handled as a batch per table read/write, or a worker on
+librdkafka's consumer), not a faster bandit.
 """
 
 
