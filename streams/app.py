@@ -33,7 +33,7 @@ from streams.processor import (
 )
 from streams.settings import Settings
 from streams.timer_index import TimerIndex
-from streams.topics import producer_config
+from streams.topics import MAX_RECORD_BYTES, producer_config
 
 log = logging.getLogger("kairos.app")
 
@@ -72,6 +72,8 @@ def faust_options(s: Settings) -> dict[str, Any]:
         # Latency: a short linger (see Settings.producer_linger_ms).
         producer_linger=s.producer_linger_ms / 1000.0,
         producer_acks=s.producer_acks,
+        # Model snapshots can exceed aiokafka's 1 MB default (streams.topics.MAX_RECORD_BYTES).
+        producer_max_request_size=MAX_RECORD_BYTES,
         processing_guarantee=s.processing_guarantee,
         # No leader election topic: Kairos has no leader-only work.
         topic_disable_leader=True,

@@ -44,6 +44,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
                 "cleanup.policy": "compact",
                 "min.cleanable.dirty.ratio": "0.1",
                 "segment.ms": "600000",
+                # A model snapshot is one record; a factored model with scaled blocks is ~2 MB.
+                "max.message.bytes": str(MAX_RECORD_BYTES),
             },
         ),
     ]
@@ -100,6 +102,10 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
     return counts
 
 
+#: Largest record Kairos sends (model snapshots; the models topic allows it, see topic_specs).
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """Low-latency, idempotent confluent-kafka producer settings with the murmur2 partitioner."""
     config = settings.confluent_config()
@@ -109,6 +115,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
             "linger.ms": settings.producer_linger_ms,
             "enable.idempotence": True,
             "acks": "all",
+            "message.max.bytes": MAX_RECORD_BYTES,
         }
     )
     config.update(overrides)
