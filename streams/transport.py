@@ -81,7 +81,6 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
     _batch: Any = None
     _batch_seeks: int = 0
     _seeks: int = 0
-    rereads: int = 0
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -141,15 +140,18 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
         if not batch or self._seeks != self._batch_seeks:
             return  # a seek since the fetch (e.g. to committed offsets) already set positions
         rebalancing = not self.flow_active or self.app.consumer_generation_id != generation
-        assignment = self.assignment()
+        assignment: Any = None
         for tp, records in batch.items():
             done = delivered.get(tp)
-            undelivered = [r.offset for r in records if done is None or r.offset > done]
-            if not undelivered or self._is_changelog_tp(tp):
+            if not records or (done is not None and done >= records[-1].offset):
+                continue  # all of it was delivered: the usual case, checked in O(1)
+            if rebalancing or self._is_changelog_tp(tp):
+                continue  # a rebalance seeks every partition to its committed offset
+            if assignment is None:
+                assignment = self.assignment()
+            if tp not in assignment:
                 continue
-            if rebalancing or tp not in assignment:
-                continue  # the rebalance seeks every partition to its committed offset
-            self.rereads += len(undelivered)
+            undelivered = [r.offset for r in records if done is None or r.offset > done]
             log.warning(
                 "fetched records not delivered by Faust; reading them again",
                 extra={
