@@ -170,7 +170,11 @@ class KairosApp:
         @app.agent(source, name="kairos.process")
         async def process(stream: faust.StreamT[bytes]) -> None:
             async for event in stream.events():
-                await self._handle(event, rows)
+                if app.in_transaction:  # commits wait until the event is done (and then acked)
+                    async with app.consumer.commit_gate:  # type: ignore[attr-defined]
+                        await self._handle(event, rows)
+                else:
+                    await self._handle(event, rows)
 
         @app.timer(interval=s.timer_tick_s, name="kairos.timers")  # type: ignore[untyped-decorator]
         async def fire_timers() -> None:
@@ -295,7 +299,23 @@ class KairosApp:
             if version <= self._published_versions.get(name, 0):
                 continue
             data = runtime.bandit.snapshot(key=self._snapshot_key)
-            await self.out_topics[self.settings.topics.models].send(key=name.encode(), value=data)
+            try:  # refused (too large, topic gone, broker down): log, count, retry next interval
+                delivery = await self.out_topics[self.settings.topics.models].send(
+                    key=name.encode(), value=data
+                )
+                await delivery
+            except Exception as exc:
+                log.error(
+                    "model snapshot not published; the worker goes on and retries next interval",
+                    extra={
+                        "campaign": name,
+                        "version": version,
+                        "bytes": len(data),
+                        "error": repr(exc),
+                    },
+                )
+                self.metrics.snapshots.labels(direction="failed").inc()
+                continue
             self._published_versions[name] = version
             self.metrics.snapshots.labels(direction="published").inc()
             sent += 1

@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from streams.settings import Settings
 
@@ -54,8 +60,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics with their partition counts; return each topic's actual partition count.
 
-    Existing topics are left alone; a partition count that differs from the configured one is
-    reported by raising, because a silent mismatch breaks the co-partitioned reward join.
+    Existing topics keep their settings, except that a models topic made by an older Kairos gets
+    its record size limit raised (see raise_record_limit); a partition count that differs from the
+    configured one is reported by raising, because a silent mismatch breaks the co-partitioned
+    reward join.
     """
     admin = AdminClient(settings.confluent_config())
     specs = topic_specs(settings)
@@ -99,7 +107,27 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
                 f"topic {spec.name} has {counts[spec.name]} partitions but KAIROS_PARTITIONS is "
                 f"{settings.partitions}; keyed topics must agree for the co-partitioned join"
             )
+    raise_record_limit(admin, settings.topics.models, MAX_RECORD_BYTES, timeout_s)
     return counts
+
+
+def raise_record_limit(admin: AdminClient, topic: str, limit: int, timeout_s: float) -> bool:
+    """Raise a topic's ``max.message.bytes`` to `limit` if lower; True if it was raised.
+
+    Topics created before snapshots outgrew the broker default (1 MB) would refuse them, so a
+    worker could never publish what it learned. Raising the limit is safe on a live topic.
+    """
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    described = admin.describe_configs([resource])[resource].result(timeout=timeout_s)
+    current = int(described["max.message.bytes"].value)
+    if current >= limit:
+        return False
+    entry = ConfigEntry(
+        "max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET
+    )
+    resource.add_incremental_config(entry)
+    admin.incremental_alter_configs([resource])[resource].result(timeout=timeout_s)
+    return True
 
 
 #: Largest record Kairos sends (model snapshots; the models topic allows it, see topic_specs).

@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import aiokafka
+from faust.streams import current_event
+from faust.transport.consumer import TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 #: Upper bound on how long the broker may hold a fetch that finds no new records.
@@ -78,6 +80,20 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
 
     _seek_pending: bool = False
     _held: frozenset[Any] = frozenset()
+    _commit_gate: asyncio.Lock | None = None
+
+    @property
+    def commit_gate(self) -> asyncio.Lock:
+        """Held while an event is processed under exactly-once; a transaction commits only between.
+
+        A transaction holds the records sent so far and the offsets acked so far. A commit in the
+        middle of an event (its processing awaits sends) would commit its decision without its
+        offset, and a crash before the next commit would decide it again after the restart.
+        """
+        if self._commit_gate is None:
+            self._commit_gate = asyncio.Lock()
+        return self._commit_gate
+
     _batch: Any = None
     _batch_seeks: int = 0
     _seeks: int = 0
@@ -162,17 +178,21 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
             )
             await self.seek(tp, undelivered[0])
 
-    async def _commit_offsets(self, offsets: Any, start_new_transaction: bool = True) -> bool:
-        """Under exactly-once, the changelog records of acked events join the transaction first.
+    async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
+        """Under exactly-once, commit only between events, with their changelog records flushed.
 
-        Faust flushes its producer buffer before a plain offset commit but not before committing
-        a transaction: table changelog records still buffered then go out in the next
-        transaction, and a crash that aborts it loses them while the events' offsets are
-        committed (the exactly-once crash test lost one customer update per run).
+        The gate (see ``commit_gate``) is taken before Faust reads the acked offsets, so a
+        transaction never holds an event's decision without that event's offset. Faust flushes
+        its producer buffer before a plain offset commit but not before committing a transaction:
+        table changelog records still buffered then went out in the next transaction, and a crash
+        that aborted it lost them while the events' offsets were committed (the exactly-once
+        crash test lost one customer update per run). So the buffer is flushed here first.
         """
-        if self.in_transaction:
+        if not self.in_transaction:
+            return bool(await super()._commit_tps(tps, start_new_transaction))
+        async with self.commit_gate:
             await self.app.producer.buffer.flush()
-        return bool(await super()._commit_offsets(offsets, start_new_transaction))
+            return bool(await super()._commit_tps(tps, start_new_transaction))
 
     async def perform_seek(self) -> None:
         """Seek to committed offsets (never-committed ones to the start), then release the held."""
@@ -255,8 +275,52 @@ class DrainingProducer(faust_aiokafka.Producer):
         buffer.flush = types.MethodType(_drain, buffer)
 
 
+class SourceTransactionManager(TransactionManager):
+    """Exactly-once: a record goes into the transaction of the source partition it was made for.
+
+    Faust picks a record's transaction from its destination: the transactional producer of the
+    destination partition's co-partitioned group. That works for table changelogs (same group
+    and partition as the source), but for a topic the worker does not consume (the action topic,
+    rewards, dead letters) the consumer knows no partitions, and Faust then sends the record
+    outside any transaction (faust-streaming issues #177, #517). A decision was then visible to
+    read_committed readers even when its event's transaction was aborted by a crash, and the
+    event's reprocessing decided again: a duplicate decision in each crash test run. Here such a
+    record joins the transaction of the event being processed, which commits with that event's
+    offset, as in Kafka Streams where a task's outputs share the task's transaction.
+    """
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Any:
+        """Send in the destination's transaction if Faust knows one, else in the event's."""
+        if self.consumer.key_partition(topic, key, partition) is None:
+            event = current_event()
+            if event is not None:
+                source = event.message.tp
+                group = self.app.assignor.group_for_topic(source.topic)
+                return await self.producer.send(
+                    topic,
+                    key,
+                    value,
+                    partition,
+                    timestamp,
+                    headers,
+                    transactional_id=f"{self.app.conf.id}-{group}-{source.partition}",
+                )
+        return await super().send(topic, key, value, partition, timestamp, headers)
+
+
 class LowLatencyTransport(faust_aiokafka.Transport):
     """The aiokafka transport (``kafka://``) with the low-latency consumer and draining producer."""
 
     Consumer: ClassVar[type[Any]] = LowLatencyConsumer
     Producer: ClassVar[type[Any]] = DrainingProducer
+    TransactionManager: ClassVar[type[Any]] = SourceTransactionManager

@@ -1,0 +1,79 @@
+"""Model snapshots on the real broker: a refused snapshot is counted and retried, never fatal, and
+an old models topic gets the record size limit that snapshots need."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+)
+
+from streams.model_store import read_latest_snapshots
+from streams.settings import Settings
+from streams.topics import MAX_RECORD_BYTES, ensure_topics
+from streams.worker_process import WorkerProcess
+from tests.integration.kafka_io import TopicReader, event, produce
+from tests.integration.metrics_scrape import scrape, total
+from tests.integration.test_topology import outcome
+
+
+def _record_limit(settings: Settings, limit: int | None = None) -> int:
+    """The models topic's max.message.bytes, after setting it to `limit` if given."""
+    admin = AdminClient(settings.confluent_config())
+    resource = ConfigResource(ConfigResource.Type.TOPIC, settings.topics.models)
+    if limit is not None:
+        resource.add_incremental_config(
+            ConfigEntry(
+                "max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET
+            )
+        )
+        admin.incremental_alter_configs([resource])[resource].result(timeout=10)
+        resource = ConfigResource(ConfigResource.Type.TOPIC, settings.topics.models)
+    described = admin.describe_configs([resource])[resource].result(timeout=10)
+    return int(described["max.message.bytes"].value)
+
+
+def _wait_for_metric(worker: WorkerProcess, name: str, minimum: float, **labels: str) -> float:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        value = total(scrape(worker.url), name, **labels)
+        if value >= minimum:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{name}{labels} stayed below {minimum}")
+
+
+def test_a_refused_snapshot_is_counted_and_retried_and_the_worker_keeps_deciding(
+    settings: Settings, tmp_path: Path
+) -> None:
+    decisions = TopicReader(settings, settings.topics.decisions)
+    customers = [f"refused-{i}" for i in range(6)]
+    with WorkerProcess(settings, tmp_path / "worker.log") as worker:
+        worker.wait_ready(60)
+        # The broker now refuses any snapshot (an operator's mistake, or an old topic).
+        assert _record_limit(settings, limit=200) == 200
+        produce(settings, settings.topics.events, [event(c, "cart_abandoned") for c in customers])
+        got = decisions.until(lambda r: len(r) >= len(customers))
+        learnable = next(d for d in got if not d["holdout"])
+        produce(settings, settings.topics.outcomes, [outcome(learnable, "converted", "c-1")])
+        _wait_for_metric(worker, "kairos_snapshots_total", 1, direction="failed")
+        # Still deciding after the refusal.
+        produce(settings, settings.topics.events, [event("refused-after", "cart_abandoned")])
+        decisions.until(lambda r: any(d["customer_id"] == "refused-after" for d in r))
+        # Once the topic takes it again, the next interval publishes what was learned.
+        _record_limit(settings, limit=MAX_RECORD_BYTES)
+        _wait_for_metric(worker, "kairos_snapshots_total", 1, direction="published")
+        assert worker.process is not None and worker.process.poll() is None  # still running
+    decisions.close()
+    assert read_latest_snapshots(settings).get("cart_abandonment") is not None
+
+
+def test_starting_raises_an_old_models_topics_record_limit(settings: Settings) -> None:
+    _record_limit(settings, limit=1_048_588)  # the broker default that refused 1.9 MB snapshots
+    ensure_topics(settings)
+    assert _record_limit(settings) == MAX_RECORD_BYTES
