@@ -71,8 +71,13 @@ def test_evaluate_the_rewards_log_of_a_kafka_simulation(settings: Settings, tmp_
         assert "candidate: campaign simulated_nudge" in text and "95% interval" in text
         assert f"records: {len(records)} ({len(records) // 2} for training" in text
         rows = {m["label"].strip(): m for m in ROW.finditer(text)}
+        widths = []
         for label in ("IPS", "SNIPS", "DM", "DR", "logged policy (on-policy)"):
             assert label in rows, (label, text)
             value, low, high = (float(rows[label][k]) for k in ("value", "low", "high"))
             assert all(math.isfinite(v) for v in (value, low, high)), (label, text)
-            assert low <= value <= high and low < high, (label, text)
+            assert low <= value <= high, (label, text)
+            widths.append(high - low)
+        # On a run this small one estimator's bootstrap can be degenerate (seen once: SNIPS
+        # [1.0, 1.0], every matching record rewarded alike); the intervals as a whole are not.
+        assert max(widths) > 0, text
