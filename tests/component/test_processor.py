@@ -338,3 +338,31 @@ def test_rows_that_did_not_change_are_not_written_again(
     assert decided.pending is not None
     after = rows.save(processor.on_event(raw_event(clock, "quiet", "page_view"), rows, src()))
     assert after.state is not None and after.pending is None
+
+
+def test_no_log_line_at_info_or_above_carries_a_records_payload(
+    processor: Processor, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Payloads hold personal data; bad ones are logged by position and reason only."""
+    marker = "jane.doe@example.com"
+    rows = Rows()
+    bad_events = [
+        b'{"type": "purchase", "customer_id": "' + marker.encode() + b'"',  # malformed JSON
+        orjson.dumps({"event_id": 1, "customer_id": marker, "type": "purchase", "ts": 7}),
+        orjson.dumps({"event_id": "e", "customer_id": "c", "type": marker, "ts": "x"}),
+        raw_event(clock, "c-ok", "purchase", email=marker * 40_000),  # oversized
+        raw_event(clock, "c-key", "cart_add", email=marker),  # keyed wrongly: re-routed
+    ]
+    bad_outcome = orjson.dumps(
+        {"outcome_id": marker, "customer_id": "c", "decision_id": marker, "type": "clicked"}
+    )
+    with caplog.at_level(logging.INFO):
+        for raw in bad_events:
+            processor.on_event(raw, rows, src(), key=b"someone-else")
+        processor.on_outcome(bad_outcome, rows, ("kairos.outcomes.v1", 0, 1))
+        processor.processing_error(marker.encode(), ("t", 0, 5), RuntimeError("boom"))
+    logged = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(logged) >= len(bad_events) + 1  # each bad record was logged ...
+    for record in logged:  # ... without its payload, in the message or any extra field
+        text = record.getMessage() + " ".join(str(v) for v in record.__dict__.values())
+        assert marker not in text, record.getMessage()
