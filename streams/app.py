@@ -23,6 +23,7 @@ from engine.campaign import Campaign
 from engine.clock import Clock, SystemClock
 from engine.state import StateError, decode_last_seen
 from streams.dashboard import register_dashboard
+from streams.gc_pauses import freeze_startup_heap
 from streams.metrics import WorkerMetrics
 from streams.processor import (
     ROW_HEADER_SIZE,
@@ -109,6 +110,8 @@ class KairosApp:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = metrics or WorkerMetrics()
+        #: Set by the worker process (not by tests that build apps in-process): see gc_pauses.
+        self.freeze_heap_when_ready = False
         self.metrics.set_state("starting")
         self.processor = Processor(settings, campaigns, self.clock, self.metrics)
         self.timers = TimerIndex()
@@ -196,6 +199,8 @@ class KairosApp:
                     "worker ready",
                     extra={"ready_after_s": round(time.monotonic() - self.started_at, 3)},
                 )
+                if self.freeze_heap_when_ready:
+                    freeze_startup_heap()
             self.ready = True
             self.metrics.set_state("running")
 

@@ -9,6 +9,7 @@ from faust.worker import Worker
 
 from streams.app import KairosApp
 from streams.campaign_files import resolve_campaigns
+from streams.gc_pauses import GcPauseRecorder
 from streams.logs import configure_logging
 from streams.model_store import load_latest_snapshots
 from streams.settings import Settings
@@ -44,6 +45,8 @@ def run_worker(settings: Settings) -> None:
         },
     )
     kairos.started_at = started
+    GcPauseRecorder(kairos.metrics.registry).install()
+    kairos.freeze_heap_when_ready = settings.gc_freeze
     if settings.learning == "remote":
         from streams.learner import ModelFollower
 

@@ -129,6 +129,12 @@ class Settings(BaseSettings):
         description="uvloop (libuv) runs the worker's event loop with less overhead per message "
         "than the stdlib loop (BENCHMARKS.md, Latency); asyncio is the fallback.",
     )
+    gc_freeze: bool = Field(
+        default=True,
+        description="Exempt the start-up heap from garbage collection once the worker is ready, "
+        "so that full collections walk only newer objects (shorter event-loop pauses; "
+        "streams/gc_pauses.py, BENCHMARKS.md).",
+    )
     # Input hygiene.
     max_event_age_days: float = Field(default=30.0, gt=0)
     max_event_future_s: float = Field(default=300.0, ge=0)
