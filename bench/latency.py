@@ -25,8 +25,10 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` as a package, as a script
@@ -80,6 +82,47 @@ class Run:
     notes: list[str] = field(default_factory=list)
     worker_log: dict[str, int] = field(default_factory=dict)
     backlog: list[BacklogResult] = field(default_factory=list)
+    #: Per Kairos step (label "triggers 1000/s"): GC pauses during it (warm-up included).
+    gc: dict[str, GcPauses] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GcPauses:
+    """Garbage-collector pauses of the worker over an interval, from kairos_gc_pause_seconds."""
+
+    full_collections: int
+    total_ms: float
+    seconds: float
+
+    @staticmethod
+    def scrape(url: str) -> dict[str, tuple[float, float]]:
+        """{generation: (count, sum seconds)} from the worker's /metrics."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        found: dict[str, list[float]] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name != "kairos_gc_pause_seconds":
+                continue
+            for sample in family.samples:
+                entry = found.setdefault(sample.labels.get("generation", "?"), [0.0, 0.0])
+                if sample.name.endswith("_count"):
+                    entry[0] = sample.value
+                elif sample.name.endswith("_sum"):
+                    entry[1] = sample.value
+        return {g: (c, t) for g, (c, t) in found.items()}
+
+    @classmethod
+    def between(
+        cls, before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]], s: float
+    ) -> GcPauses:
+        """The pauses between two scrapes taken `s` seconds apart."""
+        total = sum(t - before.get(g, (0.0, 0.0))[1] for g, (_, t) in after.items())
+        full = after.get("2", (0.0, 0.0))[0] - before.get("2", (0.0, 0.0))[0]
+        return cls(int(full), total * 1000.0, s)
 
 
 def bench_settings(base: Settings, run_dir: Path, prefix: str) -> Settings:
@@ -177,12 +220,22 @@ def measure_kairos(settings: Settings, run_dir: Path, args: argparse.Namespace, 
         # Warm-up on the mixed stream: customers get state (carts, purchases) before the triggers.
         run_step(ctx, 1000, "mixed", 0.0, args.warmup_s * 2)
         for rate in args.rates:
-            result = run_step(ctx, rate, "triggers", args.warmup_s, args.step_s)
+            result = _with_gc(
+                run,
+                worker.url,
+                f"triggers {rate:g}/s",
+                partial(run_step, ctx, rate, "triggers", args.warmup_s, args.step_s),
+            )
             run.latency.append(result)
             print(line(result), flush=True)
         failed: StepResult | None = None
         for rate in args.mixed_rates:
-            result = run_step(ctx, rate, "mixed", args.warmup_s, args.mixed_step_s)
+            result = _with_gc(
+                run,
+                worker.url,
+                f"mixed {rate:g}/s",
+                partial(run_step, ctx, rate, "mixed", args.warmup_s, args.mixed_step_s),
+            )
             run.mixed.append(result)
             verdict = "  ok" if result.keeps_up() else "  FALLS BEHIND"
             print(line(result) + verdict, flush=True)
@@ -210,6 +263,19 @@ def measure_kairos(settings: Settings, run_dir: Path, args: argparse.Namespace, 
     finally:
         worker.stop()
         reader.close()
+
+
+def _with_gc(run: Run, url: str, label: str, step: Callable[[], StepResult]) -> StepResult:
+    """Run a step and record the worker's GC pauses during it (as far as /metrics answers)."""
+    try:
+        before = GcPauses.scrape(url)
+    except OSError:
+        return step()
+    started = time.monotonic()
+    result = step()
+    with contextlib.suppress(OSError):
+        run.gc[label] = GcPauses.between(before, GcPauses.scrape(url), time.monotonic() - started)
+    return result
 
 
 def measure_backlogs(
@@ -410,6 +476,17 @@ def render(run: Run, args: argparse.Namespace) -> str:
         total = sum(reasons.values())
         mix = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in reasons.most_common(5))
         out += ["", f"Decision reasons in the Kairos latency steps: {mix}."]
+    if run.gc:
+        cells = "; ".join(
+            f"{label}: {g.total_ms:.0f} ms in {g.seconds:.0f} s, {g.full_collections} full"
+            for label, g in run.gc.items()
+        )
+        out += [
+            "",
+            "Worker GC pauses per step, warm-up included (`kairos_gc_pause_seconds`; the "
+            f"start-up heap is {'' if _gc_freeze() else 'not '}frozen, `KAIROS_GC_FREEZE`): "
+            f"{cells}.",
+        ]
     for note in run.notes:
         out += ["", f"Note: {note}"]
     return "\n".join(out) + "\n"
@@ -437,6 +514,10 @@ barely above 5,000/s here, so the goal needs less per-record framework work than
 example a partition's records handled as a batch per table read/write, or a worker on
 librdkafka's consumer), not a faster bandit.
 """
+
+
+def _gc_freeze() -> bool:
+    return Settings().gc_freeze
 
 
 def _cores() -> int:
