@@ -1,8 +1,8 @@
 """Soak: one worker at a steady mixed rate for a while; RSS, latency and open decisions over time.
 
 One command: `python bench/soak.py [--rate 400] [--minutes 3]` (needs KAIROS_KAFKA_BOOTSTRAP, as
-`make bench-soak` sets it). The cart campaign runs with a 20 s attribution window so that windows
-close (default rewards) during the run: the pending-decision table must stay bounded. Customers
+`make bench-soak` sets it). The cart campaign runs with a 20 s attribution window, every message sent
+"now" and no quiet hours, so that windows close (default rewards) during the run at any hour: the pending-decision table must stay bounded. Customers
 come and go (new ones arrive at a steady rate, each active for a while), and the state TTL is
 short, so the customers table must plateau too. Writes the "Soak (bench/soak.py)" section of
 BENCHMARKS.md.
@@ -30,7 +30,7 @@ import orjson
 from confluent_kafka import Consumer, Producer
 
 from bench.report import machine_line, replace_section
-from engine.campaign import builtin_campaign
+from engine.campaign import load_campaign
 from streams.demo import demo_settings
 from streams.settings import Settings
 from streams.topics import consumer_config, ensure_topics, producer_config
@@ -64,14 +64,32 @@ def rss_mib(pid: int) -> float:
 
 
 def short_window_campaign(run_dir: Path) -> Path:
-    """The shipped cart campaign with a 20 s attribution window, so windows close in the run."""
+    """The shipped cart campaign with a 20 s attribution window that starts at once, so windows
+    close in the run at any hour.
+
+    The shipped campaign may schedule a message for the evening, and its quiet hours (21-8 UTC
+    for customers without a timezone) allow nothing else at night; the window then counts from
+    the evening send, hours away, and a run of an hour would see open decisions (and the
+    customers holding them) only grow. Here every message goes "now" and there are no quiet
+    hours; the rest of the campaign (channels, offers, caps, holdout, exploration) is shipped.
+    """
     shipped = resources.files("engine") / "campaigns" / "cart_abandonment.toml"
-    text = shipped.read_text().replace(
-        "attribution_window_s = 7200", f"attribution_window_s = {WINDOW_S}"
-    )
-    builtin_campaign("cart_abandonment")  # the shipped file must still parse as it is
+    text = shipped.read_text()
+    replacements = {
+        "attribution_window_s = 7200": f"attribution_window_s = {WINDOW_S}",
+        'slot = ["now", "evening"]': 'slot = ["now"]',
+        '[[actions.exclude]]\nchannel = "sms"\nslot = "evening"\n': "",
+        "evening = 19 ": "# evening = 19 ",
+        "quiet_hours = { start = 21, end = 8 }": "# quiet_hours = { start = 21, end = 8 }",
+    }
+    for old, replacement in replacements.items():
+        if old not in text:
+            raise RuntimeError(f"the shipped cart campaign changed; soak cannot adapt {old!r}")
+        text = text.replace(old, replacement)
     path = run_dir / "cart_soak.toml"
     path.write_text(text)
+    campaign = load_campaign(path)  # must parse, and must not delay any message
+    assert campaign.reward.attribution_window_s == WINDOW_S
     return path
 
 
@@ -221,8 +239,9 @@ def main() -> None:
         f"{args.minutes:g}`): {sent:,} mixed events (about one explicit trigger in five) for "
         f"{args.customers:,} customers active at a time, new ones replacing the oldest so that "
         f"each is active for about {churn_s:.0f} s; state TTL {args.ttl_s:g} s (idle customers "
-        f"with nothing open are removed); cart campaign with a {WINDOW_S} s attribution window so "
-        "windows close during the run. Latency: decision read time minus trigger time, per 10 s "
+        f"with nothing open are removed); cart campaign with a {WINDOW_S} s attribution window, "
+        "every message sent now and no quiet hours, so windows close during the run (the shipped "
+        "campaign may send in the evening, and the window counts from the send). Latency: decision read time minus trigger time, per 10 s "
         "window. Open decisions: decisions sent minus rewards joined (the pending table). "
         "Customer rows: the customers table (`kairos_table_rows`); expired: customers removed "
         "by retention so far.",
