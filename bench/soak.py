@@ -53,6 +53,7 @@ class Sample:
     timers: float
     customer_rows: float
     expired: float
+    stalls: float = 0.0  # event-loop stalls over 20 ms so far (kairos_event_loop_lag_seconds)
 
 
 def rss_mib(pid: int) -> float:
@@ -206,6 +207,8 @@ def run(
                         timers=metric(worker.url, "kairos_pending_timers"),
                         customer_rows=metric(worker.url, 'kairos_table_rows{table="customers"}'),
                         expired=metric(worker.url, "kairos_expired_customers_total"),
+                        stalls=metric(worker.url, "kairos_event_loop_lag_seconds_count")
+                        - metric(worker.url, 'kairos_event_loop_lag_seconds_bucket{le="0.02"}'),
                     )
                 )
                 print(samples[-1], flush=True)
@@ -244,19 +247,20 @@ def main() -> None:
         "campaign may send in the evening, and the window counts from the send). Latency: decision read time minus trigger time, per 10 s "
         "window. Open decisions: decisions sent minus rewards joined (the pending table). "
         "Customer rows: the customers table (`kairos_table_rows`); expired: customers removed "
-        "by retention so far.",
+        "by retention so far. Loop stalls: times the worker's event loop woke more than 20 ms "
+        "late (`kairos_event_loop_lag_seconds`), since the start.",
         "",
         f"Worker RSS at start: {start_rss:.0f} MiB.",
         "",
         "| t (s) | RSS MiB | decisions | p50 ms | p99 ms | open decisions | customers with timers "
-        "| customer rows | expired |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| customer rows | expired | loop stalls |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in samples:
         lines.append(
             f"| {s.elapsed_s:.0f} | {s.rss_mib:.0f} | {s.decisions:,} | {s.p50_ms:.1f} | "
             f"{s.p99_ms:.1f} | {s.open_decisions:.0f} | {s.timers:.0f} | "
-            f"{s.customer_rows:,.0f} | {s.expired:,.0f} |"
+            f"{s.customer_rows:,.0f} | {s.expired:,.0f} | {s.stalls:,.0f} |"
         )
     text = "\n".join(lines)
     print(text)

@@ -183,9 +183,13 @@ class KairosApp:
         async def fire_timers() -> None:
             await self._fire_due()
 
+        @app.task  # type: ignore[untyped-decorator]
+        async def watch_loop_lag() -> None:
+            await self.watch_loop_lag()
+
         @app.timer(interval=s.state_sweep_interval_s, name="kairos.retention")  # type: ignore[untyped-decorator]
         async def sweep_idle() -> None:
-            await self.sweep_idle_customers()
+            await self.sweep_idle_customers(s.state_sweep_chunk)
 
         @app.timer(interval=s.snapshot_interval_s, name="kairos.snapshots")  # type: ignore[untyped-decorator]
         async def publish_snapshots() -> None:
@@ -337,7 +341,15 @@ class KairosApp:
         self.metrics.pending_timers.set(len(self.timers.due_at))
         self._report_lag()
 
-    async def sweep_idle_customers(self, chunk: int = 2_000) -> int:
+    async def watch_loop_lag(self, interval_s: float = 0.01) -> None:
+        """Measure event-loop stalls for ever: how much later than asked a short sleep returns."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(interval_s)
+            self.metrics.loop_lag.observe(max(0.0, loop.time() - started - interval_s))
+
+    async def sweep_idle_customers(self, chunk: int = 256) -> int:
         """Send a tick for each customer idle past the state TTL; the agent then removes the rows.
 
         Table writes must happen in the agent (Faust's rule), so the sweep only finds candidates;

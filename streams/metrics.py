@@ -135,6 +135,13 @@ class WorkerMetrics:
         self.table_rows = Gauge(
             "kairos_table_rows", "Rows in this worker's tables (customers)", ["table"], registry=r
         )
+        self.loop_lag = Histogram(
+            "kairos_event_loop_lag_seconds",
+            "How late a 10 ms sleep on the worker's event loop wakes: stalls that every decision "
+            "queued meanwhile waits out (long scans, GC, bursts)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
         self.pending_timers = Gauge(
             "kairos_pending_timers", "Timers and attribution deadlines indexed", registry=r
         )

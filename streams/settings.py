@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     state_sweep_interval_s: float = Field(
         default=3600.0, gt=0, description="How often the tables are scanned for idle customers."
     )
+    state_sweep_chunk: int = Field(
+        default=256,
+        gt=0,
+        description="Rows the retention scan reads between yields to the event loop: decisions "
+        "wait at most one chunk's worth of scanning.",
+    )
     # Learning across workers: "local" learns in process (one worker, or an experiment);
     # "remote" decides only and follows the snapshots that `kairos learner` publishes.
     learning: Literal["local", "remote"] = "local"

@@ -176,6 +176,10 @@ def test_dashboard_and_metrics_follow_the_records_that_flow(
         latency_count = _grew(before, after, "kairos_trigger_to_decision_seconds_count")
         assert latency_count == seen
         assert _grew(before, after, "kairos_trigger_to_decision_seconds_bucket", le="+Inf") == seen
+        # The event loop's stalls are watched all along (a 10 ms probe: tens per second).
+        assert _grew(before, after, "kairos_event_loop_lag_seconds_count") >= 10
+        # GC pauses are timed (the worker process installs the recorder).
+        assert _sum(after, "kairos_gc_pause_seconds_count") > 0
 
         # The JSON behind the page agrees with /metrics.
         data = json.loads(_get(f"{worker.url}/dashboard/data"))
