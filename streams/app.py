@@ -172,8 +172,9 @@ class KairosApp:
 
         @app.agent(source, name="kairos.process")
         async def process(stream: faust.StreamT[bytes]) -> None:
+            exactly_once = app.in_transaction
             async for event in stream.events():
-                if app.in_transaction:  # commits wait until the event is done (and then acked)
+                if exactly_once:  # commits wait until the event is done (and then acked)
                     async with app.consumer.commit_gate:  # type: ignore[attr-defined]
                         await self._handle(event, rows)
                 else:
