@@ -69,6 +69,7 @@ MAX_ACTIONS = 100
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _FEATURE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\*?$")
 _SCALE_DIM_RE = re.compile(r"\{([a-z]+)\}")
+_CROSS_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\*[a-z][a-z0-9_]{0,63}$")
 _DIMENSIONS = ("channel", "offer", "message", "slot")
 _VALUE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _RULE_RE = re.compile(
@@ -245,6 +246,9 @@ class Campaign:
     description: str = ""
     model_features: tuple[str, ...] = ()
     """Context features the models see: names, or prefixes ending in "*"; empty means all."""
+    model_crosses: tuple[str, ...] = ()
+    """Products of two context features the models also see, as "a*b" (e.g. the purchase rate
+    after each trigger type: "trigger_purchase*purchase_rate")."""
     model_l2: float = 1.0
     """Prior precision (ridge penalty) of the ridge and factored models' weights."""
     model_scale: str = ""
@@ -261,12 +265,18 @@ class Campaign:
         return name
 
     def model_context(self, context: Mapping[str, float]) -> dict[str, float]:
-        """Keep the context features `model_features` names (all when it names none)."""
+        """Keep the context features `model_features` names (all when it names none), then add
+        the products `model_crosses` names (from the whole context)."""
         if not self.model_features:
-            return dict(context)
-        exact = {f for f in self.model_features if not f.endswith("*")}
-        prefixes = tuple(f[:-1] for f in self.model_features if f.endswith("*"))
-        return {k: v for k, v in context.items() if k in exact or k.startswith(prefixes)}
+            out = dict(context)
+        else:
+            exact = {f for f in self.model_features if not f.endswith("*")}
+            prefixes = tuple(f[:-1] for f in self.model_features if f.endswith("*"))
+            out = {k: v for k, v in context.items() if k in exact or k.startswith(prefixes)}
+        for cross in self.model_crosses:
+            left, right = cross.split("*")
+            out[cross] = context.get(left, 0.0) * context.get(right, 0.0)
+        return out
 
     @property
     def action_ids(self) -> tuple[str, ...]:
@@ -444,6 +454,9 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
     model_features: tuple[str, ...] = ()
     if top.has("model_features"):
         model_features = top.strings("model_features", pattern=_FEATURE_RE)
+    model_crosses: tuple[str, ...] = ()
+    if top.has("model_crosses"):
+        model_crosses = top.strings("model_crosses", pattern=_CROSS_RE)
     model_l2 = top.number("model_l2", 1.0, low=0.0, high=1e6, low_open=True)
     model_scale = top.string("model_scale", default="")
     if model_scale:
@@ -476,6 +489,7 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
         model=model,
         description=description,
         model_features=model_features,
+        model_crosses=model_crosses,
         model_l2=model_l2,
         model_scale=model_scale,
     )

@@ -343,6 +343,23 @@ def test_model_features_keep_named_features_and_prefixes() -> None:
     assert parse_campaign(base()).model_context(context) == context
 
 
+def test_model_crosses_add_products_of_two_context_features() -> None:
+    data = base()
+    data["model_features"] = ["bias"]
+    data["model_crosses"] = ["trigger_purchase*purchase_rate", "trigger_lapse*purchase_rate"]
+    campaign = parse_campaign(data)
+    context = {"bias": 1.0, "trigger_purchase": 1.0, "purchase_rate": 0.4}
+    assert campaign.model_context(context) == {
+        "bias": 1.0,
+        "trigger_purchase*purchase_rate": 0.4,
+        "trigger_lapse*purchase_rate": 0.0,  # a missing feature counts as 0
+    }
+    for bad in (["purchase_rate"], ["a*b*c"], ["Trigger*rate"], ["a*"]):
+        data["model_crosses"] = bad
+        with pytest.raises(CampaignError, match="model_crosses"):
+            parse_campaign(data)
+
+
 def test_model_scale_names_each_message_a_feature_of_its_channel() -> None:
     data = base()
     data["model"] = "factored"
