@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 from faust.worker import Worker
@@ -32,7 +31,6 @@ def run_worker(settings: Settings) -> None:
     started = time.monotonic()
     configure_logging(settings.log_level)
     use_event_loop(settings.event_loop)
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
     campaigns = resolve_campaigns(settings.campaigns)
     ensure_topics(settings)
     kairos = KairosApp(settings, campaigns)

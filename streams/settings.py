@@ -141,13 +141,6 @@ class Settings(BaseSettings):
         "so that full collections walk only newer objects (shorter event-loop pauses; "
         "streams/gc_pauses.py, BENCHMARKS.md).",
     )
-    gil_switch_interval_ms: float = Field(
-        default=5.0,
-        gt=0,
-        description="How long a thread may hold the GIL while another waits (Python's "
-        "sys.setswitchinterval, default 5 ms). Faust consumes in a thread of its own, so the "
-        "event loop can wait this long for a fetch to yield.",
-    )
     # Input hygiene.
     max_event_age_days: float = Field(default=30.0, gt=0)
     max_event_future_s: float = Field(default=300.0, ge=0)
