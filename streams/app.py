@@ -34,7 +34,7 @@ from streams.processor import (
 )
 from streams.settings import Settings
 from streams.timer_index import TimerIndex
-from streams.topics import MAX_RECORD_BYTES, producer_config
+from streams.topics import MAX_RECORD_BYTES, TABLES, producer_config
 
 log = logging.getLogger("kairos.app")
 
@@ -151,15 +151,16 @@ class KairosApp:
         # Re-routed records (wrong key or partition) go back to where they came from.
         self.out_topics[names.events] = self.events_topic
         self.out_topics[names.outcomes] = self.outcomes_topic
+        customers_table, pending_table = TABLES
         self.states = app.Table(
-            "customers",
+            customers_table,
             partitions=s.partitions,
             key_type=bytes,
             value_type=bytes,
             options=rocksdb_options(s),
         )
         self.pending = app.Table(
-            "pending",
+            pending_table,
             partitions=s.partitions,
             key_type=bytes,
             value_type=bytes,

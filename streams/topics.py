@@ -23,6 +23,15 @@ from streams.settings import Settings
 PARTITIONER = "murmur2_random"
 
 
+#: The worker's Faust tables (streams/app.py), each changelogged to Kafka.
+TABLES = ("customers", "pending")
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """The changelog topic Faust names for a table of this app (``{app id}-{table}-changelog``)."""
+    return f"{settings.app_id}-{table}-changelog"
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """A topic Kairos owns: name, partition count and topic-level configuration."""
@@ -33,7 +42,13 @@ class TopicSpec:
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The topics a worker needs; all keyed by customer id except the compacted models topic."""
+    """The topics a worker needs; all keyed by customer id except the compacted models topic.
+
+    The tables' changelogs are here too, so that they exist before Faust starts. Left to Faust,
+    a first start creates them while its consumer's metadata does not show them yet; the
+    assignor then ignores them and the agent crashes on every record with "changelog topic has 0
+    partitions", for good (seen in a CI run: a fresh worker that never decided anything).
+    """
     p = settings.partitions
     names = settings.topics
     return [
@@ -53,6 +68,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
                 # A model snapshot is one record; a factored model with scaled blocks is ~2 MB.
                 "max.message.bytes": str(MAX_RECORD_BYTES),
             },
+        ),
+        *(
+            TopicSpec(changelog_topic(settings, table), p, {"cleanup.policy": "compact"})
+            for table in TABLES
         ),
     ]
 

@@ -84,3 +84,31 @@ def test_a_worker_whose_rocksdb_is_deleted_recovers_its_table_from_the_changelog
     first_purchases = [d for d in decisions.records if d["trigger_type"] == "first_purchase"]
     assert len(first_purchases) == 1
     assert final["state"] != after["state"]
+
+
+def test_topic_creation_makes_the_tables_changelogs_as_faust_names_them(
+    settings: Settings,
+) -> None:
+    """The changelogs exist, compacted and co-partitioned, before the first worker starts.
+
+    Left to Faust, a first start could create them too late for its own assignor: the agent then
+    crashed on every record ("changelog topic has 0 partitions") and never decided anything.
+    """
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from engine.campaign import builtin_campaign
+    from streams.app import KairosApp
+    from streams.topics import TABLES, changelog_topic
+
+    kairos = KairosApp(settings, [builtin_campaign("cart_abandonment")])
+    faust_names = {kairos.states.changelog_topic.get_topic_name()} | {
+        kairos.pending.changelog_topic.get_topic_name()
+    }
+    assert faust_names == {changelog_topic(settings, table) for table in TABLES}
+    admin = AdminClient(settings.confluent_config())
+    topics = admin.list_topics(timeout=10).topics  # created by the settings fixture
+    for name in faust_names:
+        assert len(topics[name].partitions) == settings.partitions
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        config = admin.describe_configs([resource])[resource].result(timeout=10)
+        assert config["cleanup.policy"].value == "compact"
