@@ -234,19 +234,9 @@ def _differing_fields(bodies: list[bytes]) -> dict[str, list[object]]:
     }
 
 
-EOS_DEFECT = (
-    "exactly_once: decisions now join their event's transaction and commits wait for the event "
-    "in hand (7 of 8 runs pass on 2026-11-25, no duplicate decision since), but one fresh-clone "
-    "CI run lost one customer update (a category count one short); cause not yet found"
-)
-
-
 @pytest.mark.parametrize(
     "guarantee",
-    [
-        "at_least_once",
-        pytest.param("exactly_once", marks=pytest.mark.xfail(reason=EOS_DEFECT, strict=False)),
-    ],
+    ["at_least_once", "exactly_once"],
 )
 def test_repeated_sigkills_lose_no_state_and_decide_each_trigger_once(
     settings: Settings, tmp_path: Path, guarantee: str
