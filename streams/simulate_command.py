@@ -126,10 +126,17 @@ def run_simulation(
     console: Console,
     policies: Sequence[str] = POLICY_NAMES,
     out: Path | None = None,
+    warm_start_days: float = 0.0,
 ) -> Path:
-    """Run the policies in process on the same customers and seed; print and write the report."""
+    """Run the policies in process on the same customers and seed; print and write the report.
+
+    `warm_start_days` > 0: the policies that learn first learn from the legacy campaign's reward
+    records of that many days before launch (SimConfig.warm_start_days); 0 is a cold start.
+    """
     campaign = simulation_campaign()
-    config = SimConfig(customers=customers, decisions=decisions, seed=seed)
+    config = SimConfig(
+        customers=customers, decisions=decisions, seed=seed, warm_start_days=warm_start_days
+    )
     runs: list[Run] = []
     started = time.perf_counter()
     with _progress(console) as progress:
@@ -145,8 +152,17 @@ def run_simulation(
             runs.append(simulate(campaign, policy, config, update))
     took = time.perf_counter() - started
     print_summary(console, runs)
+    legacy = runs[0].legacy_decisions if runs else 0
+    learned = max((r.warm_learned for r in runs), default=0)
+    start = (
+        f"Warm start: the policies that learn first learned {learned:,} reward records of the "
+        f"legacy random campaign's last {warm_start_days:g} days (of {legacy:,} legacy decisions)."
+        if warm_start_days > 0
+        else f"Cold start: no policy learned from the {legacy:,} legacy random decisions."
+    )
     facts = [
         f"Command: kairos simulate --customers {customers} --decisions {decisions} --seed {seed}",
+        start,
         f"Campaign: {campaign.name} ({len(campaign.actions)} arms, objective {campaign.objective},"
         f" exploration {campaign.exploration.kind}), holdout "
         f"{campaign.guardrails.holdout_share:.0%}; in process; took {took:.0f} s.",
@@ -396,8 +412,14 @@ def simulate_command(
     out: Path | None,
     console: Console,
     settings_factory: Callable[[], Settings] | None = None,
+    warm_start_days: float = 0.0,
 ) -> Path:
-    """What `kairos simulate` runs: in process, or through Kafka with --kafka."""
+    """What `kairos simulate` runs: in process, or through Kafka with --kafka.
+
+    A warm start (`warm_start_days` > 0, SimConfig.warm_start_days) is in process only.
+    """
+    if kafka and warm_start_days > 0:
+        raise ValueError("a warm start is in process only (not with --kafka)")
     if kafka:
         settings = settings_factory() if settings_factory is not None else Settings()
         return run_kafka_simulation(
@@ -407,7 +429,7 @@ def simulate_command(
     unknown = [n for n in names if n not in POLICY_NAMES]
     if unknown:
         raise ValueError(f"unknown policies {unknown}; known: {', '.join(POLICY_NAMES)}")
-    return run_simulation(customers, decisions, seed, console, names, out)
+    return run_simulation(customers, decisions, seed, console, names, out, warm_start_days)
 
 
 __all__ = [

@@ -6,10 +6,15 @@ It runs the same functions as a worker (streams/processor.py), in simulated time
 attribution window closes (at a conversion or unsubscribe, or at the deadline), then `learn`.
 A heap orders every customer's sessions, events, timers, outcomes and window closings by time.
 
-Customers first live `warmup_days` under the shop's previous campaign (uniformly random nudges,
-neither logged nor learned from), so Kairos' state starts with a purchase history and with
+Customers first live `warmup_days` under the shop's previous campaign (uniformly random nudges
+among the allowed actions, not logged), so Kairos' state starts with a purchase history and with
 engagement counts per channel, as it would at a real launch; then the policy decides every trigger
-until `decisions` decisions were made. For each decision
+until `decisions` decisions were made. With `SimConfig.warm_start_days` the policy also learns,
+through its own `learn`, from the reward records of the legacy campaign's decisions of the last
+that many days before launch whose attribution window closed before launch (the previous
+campaign's logs a shop would hand over at launch: uniformly random over the allowed actions, so
+their propensities are known); with 0 (the default, a cold start) it learns only from its own
+decisions. For each decision
 the log keeps the exact expected net reward (reward minus cost) of the chosen action, of
 no-action and of the best allowed action (the oracle's), so reward, regret and lift are exact.
 """
@@ -60,6 +65,10 @@ class SimConfig:
     warmup_days: float = 60.0
     max_days: float = 3650.0
     triggers: TriggerConfig = field(default_factory=TriggerConfig)
+    warm_start_days: float = 0.0
+    """Warm start: before launch, the policy learns through its `learn` from the reward records
+    of the legacy campaign's decisions of the last this many days (closed before launch); 0 is a
+    cold start. Policies that do not learn are unaffected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +109,12 @@ class Run:
     holdout: list[bool] = field(default_factory=list)
     """Holdout membership of each customer, by index."""
     learned: int = 0
+    """Reward records the policy was given to learn from (its own, and with a warm start the
+    legacy ones)."""
+    warm_learned: int = 0
+    """Of those, legacy (pre-launch) reward records (SimConfig.warm_start_days)."""
+    legacy_decisions: int = 0
+    """Decisions the legacy campaign made before launch (learned from or not)."""
     events: int = 0
     simulated_days: float = 0.0
 
@@ -145,6 +160,7 @@ class _World:
         self.heap: list[tuple[float, int, int, int, Any]] = []
         self.seq = 0
         self.live_from = config.start + timedelta(days=config.warmup_days)
+        self.warm_from = self.live_from - timedelta(days=config.warm_start_days)
         self.reward_sum = 0.0
         self.run = Run(policy.name, config, campaign.name)
         self.run.personas = [c.persona.name for c in self.customers]
@@ -185,6 +201,8 @@ class _World:
             else:
                 self.policy.learn(payload)
                 self.run.learned += 1
+                if payload.decision.decided_ts < self.live_from:
+                    self.run.warm_learned += 1
             self.run.simulated_days = (ts - self.live_from.timestamp()) / 86400.0
         if self.progress is not None:
             self.progress(len(log), self.reward_sum)
@@ -283,6 +301,13 @@ class _World:
             joined_ts=close_at,
         )
         if not live:
+            self.run.legacy_decisions += 1
+            if (
+                self.config.warm_start_days > 0
+                and self.warm_from <= now
+                and close_at < self.live_from
+            ):
+                self.push(close_at.timestamp(), _CLOSE, index, record)
             return state
         self.push(close_at.timestamp(), _CLOSE, index, record)
         best_action = max(options.allowed, key=lambda a: values[a])

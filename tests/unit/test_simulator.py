@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -17,6 +18,7 @@ from engine.simulator.loop import Run, SimConfig, simulate
 from engine.simulator.population import Customer, Life, make_population, session_events
 from engine.simulator.report import render_html
 from engine.simulator.responses import Response, _scenarios, expected_reward, response, sample
+from schemas.records import RewardRecord
 
 CAMPAIGN = simulation_campaign()
 T0 = datetime(2025, 3, 3, 12, tzinfo=UTC)
@@ -150,4 +152,64 @@ def test_kairos_beats_the_best_single_action_once_it_has_learned() -> None:
         ranking = best_single_ranking(CAMPAIGN, config, decisions=3000)
         best = simulate(CAMPAIGN, FixedActionPolicy(CAMPAIGN, ranking, seed), config)
         diffs.append(_incremental(kairos, tail=True) - _incremental(best, tail=True))
+    _one_sided_paired(diffs)
+
+
+class _Recording(KairosPolicy):
+    """Kairos, keeping every reward record it is given to learn from."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(CAMPAIGN, seed)
+        self.records: list[RewardRecord] = []
+
+    def learn(self, record: RewardRecord) -> None:
+        self.records.append(record)
+        super().learn(record)
+
+
+def test_warm_start_learns_the_legacy_logs_closed_before_launch_only() -> None:
+    cold_config = SimConfig(customers=60, decisions=200, seed=4, warmup_days=10)
+    launch = cold_config.start + timedelta(days=10)
+    cold, warm, week = _Recording(4), _Recording(4), _Recording(4)
+    cold_run = simulate(CAMPAIGN, cold, cold_config)
+    warm_run = simulate(CAMPAIGN, warm, replace(cold_config, warm_start_days=10))
+    week_run = simulate(CAMPAIGN, week, replace(cold_config, warm_start_days=3))
+    assert cold_run.warm_learned == 0
+    assert all(r.decision.decided_ts >= launch for r in cold.records)
+    # Every legacy record learned was decided before launch and closed before it.
+    legacy = [r for r in warm.records if r.decision.decided_ts < launch]
+    assert len(legacy) == warm_run.warm_learned > 0
+    assert all(r.joined_ts < launch for r in legacy)
+    assert warm_run.legacy_decisions == cold_run.legacy_decisions >= warm_run.warm_learned
+    # Uniformly random over the allowed actions: the logged propensities are known.
+    chosen = [r.decision for r in legacy if r.decision.reason == "policy"]
+    assert chosen and all(math.isclose(d.propensity, 1.0 / len(d.probabilities)) for d in chosen)
+    assert len({d.action_id for d in chosen}) == len(CAMPAIGN.action_ids)
+    # A shorter window learns only the last days' logs.
+    week_legacy = [r for r in week.records if r.decision.decided_ts < launch]
+    assert 0 < week_run.warm_learned == len(week_legacy) < warm_run.warm_learned
+    assert all(r.decision.decided_ts >= launch - timedelta(days=3) for r in week_legacy)
+    # The warm start changes what Kairos knows at launch, hence its decisions.
+    assert warm_run.log != cold_run.log
+
+
+def test_warm_start_leaves_policies_that_do_not_learn_alone() -> None:
+    config = SimConfig(customers=60, decisions=200, seed=4, warmup_days=10)
+    for name in ("oracle", "segment_rules", "no_action"):
+        cold = run_policy(name, CAMPAIGN, config)
+        warm = run_policy(name, CAMPAIGN, replace(config, warm_start_days=10))
+        assert warm.log == cold.log and warm.warm_learned > 0, name
+
+
+def test_warm_start_helps_kairos_early() -> None:
+    """Paired over 3 fixed seeds: the first decisions after launch gain from the legacy logs.
+
+    Observed: warm 53 / 43 / 42 vs cold 5 / 17 / -14 (about 5,500 legacy records), paired t 4.8.
+    """
+    diffs = []
+    for seed in (11, 12, 13):
+        config = SimConfig(customers=300, decisions=1500, seed=seed, warmup_days=60)
+        cold = run_policy("kairos", CAMPAIGN, config)
+        warm = run_policy("kairos", CAMPAIGN, replace(config, warm_start_days=60))
+        diffs.append(_incremental(warm) - _incremental(cold))
     _one_sided_paired(diffs)
