@@ -44,6 +44,12 @@ class WorkerMetrics:
         self.duplicates = Counter(
             "kairos_duplicates_total", "Records ignored as already processed", ["kind"], registry=r
         )
+        self.decisions_resent = Counter(
+            "kairos_decisions_resent_total",
+            "Decisions sent again (byte-identical) for a record replayed after a crash",
+            ["campaign"],
+            registry=r,
+        )
         self.triggers = Counter(
             "kairos_triggers_total", "Triggers detected, by type", ["type"], registry=r
         )

@@ -195,8 +195,13 @@ class Processor:
         _, partition, offset = source
         if prev is not None and applied.partition == partition and offset <= applied.offset:
             # A redelivery after a crash: the state row already holds this record's effect.
+            # Its decisions may not have left the producer before the crash: send them again.
             self.metrics.duplicates.labels(kind="event_replay").inc()
-            return Result(customer_id)
+            result = Result(customer_id)
+            for item in decode_pending(rows.pending(customer_id)).open:
+                if item.decision.trigger_event_id == event.event_id:
+                    self._resend(item.decision, result)
+            return result
         if prev is not None and is_duplicate(prev, event.event_id):
             self.metrics.duplicates.labels(kind="event").inc()
             return Result(customer_id)
@@ -306,6 +311,18 @@ class Processor:
 
     # ---- internals ----------------------------------------------------------------------------
 
+    def _resend(self, decision: Decision, result: Result) -> None:
+        """Send a decision made before again, byte-identical (downstream drops it by its id).
+
+        At-least-once: after a crash, a replayed record can find its effect in the local tables
+        (written as it was processed) while its decision was still in the producer's queue when
+        the worker died; without this the decision would be lost for good.
+        """
+        self.metrics.decisions_resent.labels(campaign=decision.campaign).inc()
+        result.outputs.append(
+            Output(self._topics.decisions, decision.customer_id.encode(), encode(decision))
+        )
+
     def _decide_all(
         self,
         state: CustomerState,
@@ -318,10 +335,13 @@ class Processor:
             self.metrics.triggers.labels(type=trigger.type).inc()
             for runtime in self._by_trigger.get(trigger.type, ()):
                 did = decision_id(runtime.campaign.name, trigger.trigger_id)
-                if did in pending.closed or any(
-                    o.decision.decision_id == did for o in pending.open
-                ):
+                made = next((o for o in pending.open if o.decision.decision_id == did), None)
+                if made is not None or did in pending.closed:
+                    # Decided before (a replay whose state write was lost): never decide anew;
+                    # send the open decision again in case it was lost with the state write.
                     self.metrics.duplicates.labels(kind="decision").inc()
+                    if made is not None:
+                        self._resend(made.decision, result)
                     continue
                 decision = runtime.decide(state, trigger, now)
                 state = record_decision(state, decision)

@@ -34,6 +34,11 @@ def run_worker(settings: Settings) -> None:
     campaigns = resolve_campaigns(settings.campaigns)
     ensure_topics(settings)
     kairos = KairosApp(settings, campaigns)
+    if settings.processing_guarantee == "exactly_once":
+        removed = kairos.discard_local_tables()
+        log.info(
+            "exactly-once: local tables rebuilt from the changelog", extra={"removed": removed}
+        )
     loaded = load_latest_snapshots(settings, kairos.processor)
     log.info(
         "worker configured",
