@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from engine.state import apply
+from engine.state import CONVERTED, apply
 from engine.triggers import TriggerConfig, detect
 from schemas.codec import decode_event
 from schemas.records import Event, Trigger
@@ -202,6 +202,58 @@ def _purchase_stream(customers: int, per_customer: int, seed: int) -> list[dict[
     return records
 
 
+class _Responder(threading.Thread):
+    """Answers each decision it reads with a conversion naming it, as a shop would, until stopped.
+
+    The conversion closes the decision's window at once, so each answered decision must end as
+    exactly one reward record, and as one conversion in the customer's engagement counts.
+    """
+
+    def __init__(self, settings: Settings, isolation: str) -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.isolation = isolation
+        self.answered: dict[str, str] = {}  # decision id -> customer id
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        from confluent_kafka import Producer
+
+        from streams.topics import producer_config
+
+        reader = TopicReader(
+            self.settings, self.settings.topics.decisions, **{"isolation.level": self.isolation}
+        )
+        producer = Producer(producer_config(self.settings))
+        seen = 0
+        try:
+            while not self.done.is_set():
+                reader.poll(0.2)
+                for decision in reader.records[seen:]:
+                    did = decision["decision_id"]
+                    if did in self.answered:
+                        continue  # a redelivery: answered already
+                    self.answered[did] = decision["customer_id"]
+                    outcome = {
+                        "outcome_id": f"conv-{did}",
+                        "customer_id": decision["customer_id"],
+                        "decision_id": did,
+                        "type": "converted",
+                        "ts": datetime.now(UTC).isoformat(),
+                        "value": 1.0,
+                    }
+                    producer.produce(
+                        self.settings.topics.outcomes,
+                        key=decision["customer_id"].encode(),
+                        value=orjson.dumps(outcome),
+                    )
+                seen = len(reader.records)
+                producer.poll(0)
+        finally:
+            assert producer.flush(30) == 0
+            reader.close()
+
+
 def _reference(
     records: list[dict[str, Any]], config: TriggerConfig
 ) -> tuple[dict[str, Any], list[Trigger]]:
@@ -268,10 +320,13 @@ def test_repeated_sigkills_lose_no_state_and_decide_each_trigger_once(
     }
     isolation = "read_committed" if guarantee == "exactly_once" else "read_uncommitted"
     decisions = TopicReader(settings, settings.topics.decisions, **{"isolation.level": isolation})
+    rewards = TopicReader(settings, settings.topics.rewards, **{"isolation.level": isolation})
     sender = threading.Thread(target=produce, args=(settings, settings.topics.events, records))
+    responder = _Responder(settings, isolation)
     worker = WorkerProcess(settings, tmp_path / "worker-0.log").start()
     worker.wait_ready(60)
     sender.start()
+    responder.start()
     for crash in range(3):
         time.sleep(1.5)
         worker.kill()
@@ -296,11 +351,19 @@ def test_repeated_sigkills_lose_no_state_and_decide_each_trigger_once(
                 ):
                     pending.discard(cid)
             time.sleep(0.5)
+        decisions.until(lambda rs: to_decide <= {(d["campaign"], d["trigger_id"]) for d in rs})
+        responder.done.set()
+        responder.join(60)
+        answered = responder.answered
+        rewards.until(lambda rs: set(answered) <= {r["decision"]["decision_id"] for r in rs}, 120)
         views = {cid: customer_view(worker, cid)["state"] for cid in reference}
         decisions.poll(3.0)
+        rewards.poll(3.0)
     finally:
+        responder.done.set()
         worker.stop()
         decisions.close()
+        rewards.close()
     for cid, expected in reference.items():
         got = views[cid]
         for field in COMPARED:
@@ -325,3 +388,15 @@ def test_repeated_sigkills_lose_no_state_and_decide_each_trigger_once(
         assert len(set(bodies)) == 1, (key, _differing_fields(bodies))
         if guarantee == "exactly_once":
             assert len(bodies) == 1, key  # and under exactly-once, no redelivery at all
+    # Each answered decision was rewarded exactly once, with its conversion, and counted once.
+    per_decision: dict[str, list[float]] = {}
+    for r in rewards.records:
+        per_decision.setdefault(r["decision"]["decision_id"], []).append(r["reward"])
+    assert set(per_decision) == set(answered)
+    twice = {did: values for did, values in per_decision.items() if len(values) != 1}
+    assert not twice, (len(twice), sorted(twice.items())[:3])
+    conversions: dict[str, int] = {}
+    for cid in answered.values():
+        conversions[cid] = conversions.get(cid, 0) + 1
+    for cid, count in conversions.items():
+        assert views[cid]["engagement"]["all"][CONVERTED] == count, cid
