@@ -120,7 +120,7 @@ def run_learner(
                     log.warning("skipping unreadable reward: %s", exc.reason)
                 else:
                     runtime = runtimes.get(record.decision.campaign)
-                    if runtime is not None and not record.decision.holdout:
+                    if runtime is not None:  # holdouts teach uplift baselines (engine.decide)
                         runtime.learn(record)
                 last_reward = time.monotonic()
             elif message is not None:

@@ -297,11 +297,14 @@ class Processor:
     # ---- learning -----------------------------------------------------------------------------
 
     def learn(self, record: RewardRecord) -> None:
-        """Update the deciding campaign's models in process (one worker: no staleness)."""
+        """Update the deciding campaign's models in process (one worker: no staleness).
+
+        The engine's rule decides what a record teaches (engine.decide.learn): a holdout's reward
+        teaches an uplift campaign's no-action baseline, the one unconfounded sample of it.
+        """
         runtime = self.runtimes.get(record.decision.campaign)
-        if runtime is None or record.decision.holdout or self.settings.learning != "local":
+        if runtime is None or self.settings.learning != "local" or not runtime.learn(record):
             return
-        runtime.learn(record)
         self.metrics.model_updates.labels(campaign=runtime.campaign.name).inc()
         self.metrics.model_version.labels(campaign=runtime.campaign.name).set(
             runtime.bandit.version

@@ -154,8 +154,8 @@ def test_a_conversion_with_the_decision_id_is_rewarded_once_and_the_model_learns
     assert rewards[0].decision.decision_id == decision.decision_id
     assert rewards[0].reward == pytest.approx(1.0)
     assert not rewards[0].expired
-    expected_version = version_before + (0 if decision.holdout else 1)
-    assert processor.runtimes["cart_abandonment"].bandit.version == expected_version
+    # Learned either way: a holdout's reward teaches this uplift campaign's no-action baseline.
+    assert processor.runtimes["cart_abandonment"].bandit.version == version_before + 1
     # The same outcome again is a duplicate; a later one for the closed decision is late.
     assert rows.save(processor.on_outcome(outcome, rows, ("o", 0, 1))).outputs == []
     late = orjson.dumps(
@@ -374,3 +374,41 @@ def test_no_log_line_at_info_or_above_carries_a_records_payload(
     for record in logged:  # ... without its payload, in the message or any extra field
         text = record.getMessage() + " ".join(str(v) for v in record.__dict__.values())
         assert marker not in text, record.getMessage()
+
+
+def test_a_holdout_reward_teaches_an_uplift_baseline_and_nothing_to_a_reward_campaign(
+    processor: Processor, clock: ManualClock
+) -> None:
+    """The worker learns what the engine (and so the simulator) learns from holdout records."""
+    from engine.guardrails import in_holdout
+
+    for campaign, trigger_kind, learns in (
+        ("cart_abandonment", "cart_abandoned", True),  # objective uplift
+        ("cross_sell", "purchase", False),  # objective reward
+    ):
+        runtime = processor.runtimes[campaign]
+        cid = next(
+            f"h-{campaign}-{i}"
+            for i in range(10_000)
+            if in_holdout(f"h-{campaign}-{i}", runtime.campaign)
+        )
+        rows = Rows()
+        fields = {"order_value": 20.0} if trigger_kind == "purchase" else {}
+        result = rows.save(
+            processor.on_event(raw_event(clock, cid, trigger_kind, **fields), rows, src())
+        )
+        decision = next(
+            d for d in decisions_of(result, processor.settings) if d.campaign == campaign
+        )
+        assert decision.holdout
+        before = runtime.bandit.version
+        outcome = {
+            "outcome_id": f"o-{cid}",
+            "customer_id": cid,
+            "decision_id": decision.decision_id,
+            "type": "converted",
+            "ts": clock.now().isoformat(),
+            "value": 1.0,
+        }
+        rows.save(processor.on_outcome(orjson.dumps(outcome), rows, ("kairos.outcomes.v1", 0, 0)))
+        assert runtime.bandit.version == before + (1 if learns else 0), campaign
