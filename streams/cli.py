@@ -74,6 +74,34 @@ def learner(
 
 
 @app.command()
+def learn(
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--input", "-i", help="File from `kairos export` (default: the rewards topic)."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write <campaign>.snapshot files here instead of publishing."
+        ),
+    ] = None,
+    campaign: Annotated[
+        list[str] | None,
+        typer.Option("--campaign", "-c", help="Campaign files (the workers' set). Repeatable."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Idle seconds that end the topic read.")] = 10.0,
+) -> None:
+    """Teach the models from a rewards log and publish them: a warm start before launch."""
+    from streams.learn_command import run_learn
+
+    raise typer.Exit(
+        run_learn(_settings(campaigns=campaign or None), console, source, output, timeout)
+    )
+
+
+@app.command()
 def topics(
     create: Annotated[bool, typer.Option("--create/--list", help="Create missing topics.")] = True,
 ) -> None:

@@ -128,13 +128,13 @@ def run_learner(
                 if error is not None and error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", error)
             if time.monotonic() - last_publish >= settings.snapshot_interval_s:
-                _publish(settings, producer, runtimes, published, key)
+                publish_newer(settings, producer, runtimes, published, key)
                 _commit(consumer)
                 last_publish = time.monotonic()
     except KeyboardInterrupt:
         pass
     finally:
-        _publish(settings, producer, runtimes, published, key)
+        publish_newer(settings, producer, runtimes, published, key)
         _commit(consumer)
         consumer.close()
     return {name: r.bandit.version for name, r in runtimes.items()}
@@ -149,13 +149,14 @@ def _commit(consumer: Consumer) -> None:
             raise
 
 
-def _publish(
+def publish_newer(
     settings: Settings,
     producer: Producer,
     runtimes: dict[str, CampaignRuntime],
     published: dict[str, int],
     key: bytes | None,
 ) -> None:
+    """Send each campaign's snapshot to the models topic if it learned since `published`."""
     for name, runtime in runtimes.items():
         if runtime.bandit.version > published.get(name, 0):
             producer.produce(

@@ -147,3 +147,33 @@ def test_evaluate_refuses_an_unknown_campaign(settings: Settings, tmp_path: Path
     assert result.exit_code == 0 and out.read_bytes() == b""
     result = runner.invoke(app, ["evaluate", "-i", str(out)], env=env(settings))
     assert result.exit_code == 2
+
+
+def test_learn_publishes_the_models_an_exported_log_teaches(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`kairos learn` on an exported log: the published snapshot has learned the log's signal."""
+    from engine.bandit import ContextualBandit
+    from streams.model_store import read_latest_snapshots
+
+    records = logged_rewards(400, seed=11)
+    log = tmp_path / "legacy.jsonl"
+    log.write_bytes(b"\n".join(encode(r) for r in records) + b"\n")
+    result = CliRunner().invoke(app, ["learn", "-i", str(log)], env=env(settings))
+    assert result.exit_code == 0, result.output
+    assert "Learned from 400 reward records" in result.output
+    snapshot = read_latest_snapshots(settings)[CAMPAIGN.name]
+    bandit = ContextualBandit.restore(snapshot)
+    # Every record teaches this uplift campaign (holdouts its no-action baseline).
+    assert bandit.version == 400
+    arms = list(CAMPAIGN.action_ids)
+    for x, better, worse in ((1.0, arms[1], arms[2]), (0.0, arms[2], arms[1])):
+        scores = bandit.scores({"bias": 1.0, "x": x})
+        assert scores[better] > scores[worse], (x, scores)
+    # A log of another campaign teaches nothing and says so.
+    other = CliRunner().invoke(
+        app,
+        ["learn", "-i", str(log)],
+        env={**env(settings), "KAIROS_CAMPAIGNS": "builtin:win_back"},
+    )
+    assert other.exit_code == 1 and "nothing learned" in other.output
