@@ -284,11 +284,22 @@ def simulate(
         list[str] | None, typer.Option("--policy", "-p", help="Only these policies. Repeatable.")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="HTML report path.")] = None,
+    warm_start: Annotated[
+        float,
+        typer.Option(
+            "--warm-start",
+            help="Days of the previous (random) campaign's rewards the learning policies learn "
+            "before launch, as `kairos learn` does with a real log (in process only; 0: cold).",
+        ),
+    ] = 0.0,
 ) -> None:
     """Simulated customers: does Kairos learn who wants what? Kairos vs baselines, HTML report."""
     from streams.simulate_command import simulate_command
 
-    simulate_command(customers, decisions, seed, kafka, policy, out, console, _settings)
+    if kafka and warm_start > 0:
+        err.print("[red]--warm-start runs in process only: drop --kafka or --warm-start[/red]")
+        raise typer.Exit(2)
+    simulate_command(customers, decisions, seed, kafka, policy, out, console, _settings, warm_start)
 
 
 def main() -> None:

@@ -161,7 +161,8 @@ def run_simulation(
         else f"Cold start: no policy learned from the {legacy:,} legacy random decisions."
     )
     facts = [
-        f"Command: kairos simulate --customers {customers} --decisions {decisions} --seed {seed}",
+        f"Command: kairos simulate --customers {customers} --decisions {decisions} --seed {seed}"
+        + (f" --warm-start {warm_start_days:g}" if warm_start_days > 0 else ""),
         start,
         f"Campaign: {campaign.name} ({len(campaign.actions)} arms, objective {campaign.objective},"
         f" exploration {campaign.exploration.kind}), holdout "
@@ -172,6 +173,7 @@ def run_simulation(
         "change what the customers do next).",
     ]
     path = write_report(out or default_report_path(), runs, "Kairos customer simulation", facts)
+    console.print(start)
     console.print(f"report: [bold]{path}[/bold]")
     return path
 

@@ -7,6 +7,7 @@ import random
 import statistics
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from engine.campaign import NO_ACTION_ID
@@ -213,3 +214,23 @@ def test_warm_start_helps_kairos_early() -> None:
         warm = run_policy("kairos", CAMPAIGN, replace(config, warm_start_days=60))
         diffs.append(_incremental(warm) - _incremental(cold))
     _one_sided_paired(diffs)
+
+
+def test_the_cli_runs_a_warm_started_simulation_and_refuses_one_through_kafka(
+    tmp_path: Path,
+) -> None:
+    """`kairos simulate --warm-start DAYS` learns the legacy log first; with --kafka it refuses."""
+    from typer.testing import CliRunner
+
+    from streams.cli import app
+
+    runner = CliRunner()
+    args = ["simulate", "--customers", "60", "--decisions", "200", "--policy", "kairos"]
+    warm = runner.invoke(app, [*args, "--warm-start", "10", "--out", str(tmp_path / "w.html")])
+    assert warm.exit_code == 0, warm.output
+    assert "legacy random campaign's last 10 days" in " ".join(warm.output.split())
+    assert (tmp_path / "w.html").exists()
+    cold = runner.invoke(app, [*args, "--out", str(tmp_path / "c.html")])
+    assert cold.exit_code == 0 and "legacy random campaign" not in cold.output
+    refused = runner.invoke(app, ["simulate", "--kafka", "--warm-start", "1"])
+    assert refused.exit_code == 2
