@@ -180,3 +180,19 @@ def test_evening_activity_is_a_smoothed_share() -> None:
     assert features(state_with(), trig(), T0)["evening_activity"] == 0.5
     f = features(state_with(activity=(2, 6)), trig(), T0)
     assert f["evening_activity"] == pytest.approx(7 / 10)
+
+
+def test_channel_best_probabilities_are_cached_without_sharing_the_returned_list() -> None:
+    """The cache serves equal counts (however they arrive) and callers may change what they get."""
+    from engine.features import channel_best_probabilities
+
+    counts = [(10, 4, 0, 0), (10, 1, 0, 0), (0, 0, 0, 0)]
+    first = channel_best_probabilities(counts)
+    assert first[0] > first[1] and abs(sum(first) - 1.0) < 1e-9
+    first[0] = -1.0  # a caller's change must not reach the cache
+    again = channel_best_probabilities([list(row) for row in counts])
+    assert again[0] > again[1] and again[0] != -1.0
+    # Out-of-range counts are cleaned before the lookup: opened above sent counts as sent.
+    assert channel_best_probabilities([(3, 9, 0, 0), (3, 3, 0, 0), (0, 0, 0, 0)]) == (
+        channel_best_probabilities([(3, 3, 0, 0), (3, 3, 0, 0), (0, 0, 0, 0)])
+    )
