@@ -228,6 +228,10 @@ def measure_kairos(settings: Settings, run_dir: Path, args: argparse.Namespace, 
             )
             run.latency.append(result)
             print(line(result), flush=True)
+            if ctx.lag is not None:
+                # A step that fell behind must not leave its backlog to the next one (seen: the
+                # first mixed step measured behind 17,621 events of the 2,000 triggers/s step).
+                _wait_lag_zero(ctx.lag, 180.0)
         failed: StepResult | None = None
         for rate in args.mixed_rates:
             result = _with_gc(
@@ -494,25 +498,25 @@ def render(run: Run, args: argparse.Namespace) -> str:
 
 # Written from the profile and CPU figures of the run that produced the tables; revise on rerun.
 LIMITS_TEXT = """
-**CPU, in Faust's per-record machinery.** At 1,000 triggers/s the worker process is busy most of
-a core (CPU system column), so decisions queue behind each other and the tail grows with any
-hiccup; at 500/s it decides in ~1.5 ms (p50). The backlog table gives each system's ceiling on
-the same records: Kairos drains ~4,100 mixed events/s, about three quarters of what the bare Faust
-pass-through agent (no tables, no decision) manages on this machine (~5,350/s), and needs ~260 µs
-of CPU per event against Faust's ~150. The profile attributes ~40% of the worker's busy samples to
-Faust/mode stream machinery and ~10% to the decision itself (`engine.decide`, features, bandit);
-`streams/` includes the librdkafka `produce()` calls. What changed on 2026-11-25, each step
-measured on a quiet machine: sends go through librdkafka instead of aiokafka (aiokafka built each
-produce request in Python and wrote it on the event loop: ~18% of the worker's samples were in
-that socket write); decisions have a librdkafka client of their own without linger while
-changelog, tick and reward records linger 5 ms (fewer, larger requests: less broker and worker
-CPU); the worker runs on uvloop. Mixed throughput at a fixed rate went from 2,000 to 3,000
-events/s kept up; trigger p50 at 500/s is ~1.5 ms. **Still missed:** p99 under 10 ms at 1,000
-triggers/s (the worker is CPU-bound there and runs differ a lot: 17-43 ms across today's runs, 21
-ms in yesterday's) and 5,000 mixed events/s: the Faust floor itself is
-barely above 5,000/s here, so the goal needs less per-record framework work than Faust does (for
-example a partition's records handled as a batch per table read/write, or a worker on
-librdkafka's consumer), not a faster bandit.
+**CPU, in Faust's per-record machinery, on a slower machine.** This run is on an Intel Xeon
+(2 cores); the tables before 2026-12-01 were on an AMD EPYC, where the bare Faust agent drained
+~5,350 events/s against ~4,330 here and Kairos ~4,100 against ~2,780 here. At 500 triggers/s the
+worker decides in ~4.7 ms (p50, p99 9.8 ms). At 1,000/s it is busy ~90% of a core (CPU system
+column), so decisions queue behind each other and the tail grows with every hiccup: p99 ~260 ms.
+The backlog table gives each system's ceiling on the same records: Kairos needs ~380 µs of CPU per
+mixed event against the bare Faust agent's ~200 (no tables, no decision) and the bare
+confluent-kafka loop's 3. At fixed low rates Faust's cost per record is far higher than in the
+backlog (the bare agent burns 63% of a core at 500/s, ~1.3 ms per record), because each fetch
+brings one or two records and every fetch pays Faust's thread hand-over and stream machinery; a
+larger fetch batch (64 KiB or 3 ms) cut that CPU by a sixth at 500/s but fell behind at 1,000
+triggers/s, so it was not kept. The profile attributes ~45% of the busy samples to Faust/mode
+stream machinery, ~11% to RocksDB through Faust's store, ~17% to `streams/` (librdkafka
+`produce()` included) and under 10% to the decision itself (`engine.decide`; features are cached
+since 2026-12-01). **Missed:** p99 under 10 ms at 1,000 triggers/s and 5,000 mixed events/s. The
+bare Faust agent alone is near 10 ms p99 at 1,000/s and below 5,000/s here, so neither goal is
+reachable by making the decision cheaper; they need less per-record framework work than Faust's
+aiokafka path does (a partition's records handled as a batch per table read and write, or a
+worker on librdkafka's consumer), which is a change of ARCHITECTURE.md's Faust-agent design.
 """
 
 
