@@ -21,6 +21,13 @@ console = Console(emoji=False, highlight=False)
 err = Console(stderr=True, emoji=False)
 
 
+#: The rewards log a command reads: an export file, or (None) the rewards topic itself.
+RewardsLogOption = Annotated[
+    Path | None,
+    typer.Option("--input", "-i", help="File from `kairos export` (default: the rewards topic)."),
+]
+
+
 def _settings(**overrides: object) -> Settings:
     """Settings from the environment and KAIROS_CONFIG, with the command's options on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
@@ -75,12 +82,7 @@ def learner(
 
 @app.command()
 def learn(
-    source: Annotated[
-        Path | None,
-        typer.Option(
-            "--input", "-i", help="File from `kairos export` (default: the rewards topic)."
-        ),
-    ] = None,
+    source: RewardsLogOption = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -191,12 +193,7 @@ def export(
 
 @app.command()
 def evaluate(
-    source: Annotated[
-        Path | None,
-        typer.Option(
-            "--input", "-i", help="File from `kairos export` (default: the rewards topic)."
-        ),
-    ] = None,
+    source: RewardsLogOption = None,
     obd: Annotated[
         Path | None,
         typer.Option(
