@@ -456,17 +456,22 @@ class KairosApp:
 
 
 class _TableRows:
-    """The processor's view of the Faust tables."""
+    """The processor's view of the Faust tables, read from their RocksDB stores directly.
+
+    A Faust table's `get` reads RocksDB twice for a present key: mode's dict checks `key in
+    data` (a lookup) before `data[key]` (another), because the table defines `__missing__`.
+    The store's own `get` is one lookup (in the event's partition), the same row.
+    """
 
     def __init__(self, owner: KairosApp) -> None:
         self._owner = owner
 
     def state(self, customer_id: str) -> bytes | None:
-        value = self._owner.states.get(customer_id.encode())
+        value = self._owner.states.data.get(customer_id.encode())
         return value if isinstance(value, bytes) else None
 
     def pending(self, customer_id: str) -> bytes | None:
-        value = self._owner.pending.get(customer_id.encode())
+        value = self._owner.pending.data.get(customer_id.encode())
         return value if isinstance(value, bytes) else None
 
 
