@@ -293,10 +293,13 @@ def simulate(
     """Simulated customers: does Kairos learn who wants what? Kairos vs baselines, HTML report."""
     from streams.simulate_command import simulate_command
 
-    if kafka and warm_start > 0:
-        err.print("[red]--warm-start runs in process only: drop --kafka or --warm-start[/red]")
-        raise typer.Exit(2)
-    simulate_command(customers, decisions, seed, kafka, policy, out, console, _settings, warm_start)
+    try:
+        simulate_command(
+            customers, decisions, seed, kafka, policy, out, console, _settings, warm_start
+        )
+    except ValueError as exc:  # options that do not go together, unknown policies
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
 
 def main() -> None:
