@@ -6,7 +6,8 @@ On the broker named by KAIROS_KAFKA_BOOTSTRAP, with topics of its own (uuid pref
 1. floors: a bare confluent-kafka consume-and-produce loop, then a bare Faust pass-through agent
    (Kairos' Faust settings), each offered cart_abandoned events at 500, 1,000 and 2,000/s;
 2. a Kairos worker (streams.worker_process.WorkerProcess) offered the same trigger streams, latency
-   measured on the action topic (decisions);
+   measured on the action topic (decisions), once per runtime (KAIROS_RUNTIME: the default
+   rdkafka worker, then the Faust one), each with topics and tables of its own;
 3. the same worker on a mixed stream (1 trigger in 5 events), stepping the offered rate up until it
    falls behind.
 Results go to stdout and to the "## Latency (bench/latency.py)" section of BENCHMARKS.md.
@@ -67,6 +68,8 @@ MIXED_RATES = (1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 10000)
 GOAL_P99_MS = 10.0
 GOAL_RATE = 1000
 GOAL_MIXED = 5000
+#: The system name of each worker runtime in the tables ("Kairos worker" is the default runtime).
+RUNTIME_SYSTEMS = {"rdkafka": "Kairos worker", "faust": "Kairos on Faust"}
 
 
 @dataclass
@@ -80,7 +83,7 @@ class Run:
     profile: Profile | None = None
     profile_rate: float = 0.0
     notes: list[str] = field(default_factory=list)
-    worker_log: dict[str, int] = field(default_factory=dict)
+    worker_log: dict[str, dict[str, int]] = field(default_factory=dict)
     backlog: list[BacklogResult] = field(default_factory=list)
     #: Per Kairos step (label "triggers 1000/s"): GC pauses during it (warm-up included).
     gc: dict[str, GcPauses] = field(default_factory=dict)
@@ -197,19 +200,26 @@ def measure_floor(
         reader.close()
 
 
-def measure_kairos(settings: Settings, run_dir: Path, args: argparse.Namespace, run: Run) -> None:
+def measure_kairos(
+    base: Settings, run_dir: Path, prefix: str, args: argparse.Namespace, run: Run, runtime: str
+) -> None:
     """Start a Kairos worker; trigger latency steps, then mixed-stream throughput steps."""
+    system = RUNTIME_SYSTEMS[runtime]
+    settings = bench_settings(base, run_dir / runtime, f"{prefix}-{runtime}").model_copy(
+        update={"runtime": runtime}
+    )
     ensure_topics(settings)
-    _settle(run, "Kairos worker")
+    _settle(run, system)
     reader = OutputReader(settings, settings.topics.decisions, "trigger_event_id")
-    worker = WorkerProcess(settings, run_dir / "worker.log").start()
+    worker = WorkerProcess(settings, run_dir / f"worker-{runtime}.log").start()
+    profile = args.profile and runtime == args.runtimes[0]
     try:
         worker.wait_ready(120)
-        run.ready_s["Kairos worker"] = wait_flowing(settings, reader, settings.topics.events)
+        run.ready_s[system] = wait_flowing(settings, reader, settings.topics.events)
         pid = worker.process.pid if worker.process else 0
         ctx = StepContext(
             settings,
-            "Kairos worker",
+            system,
             settings.topics.events,
             reader,
             {"system": pid, "broker": args.broker_pid, "reader": os.getpid()},
@@ -248,7 +258,7 @@ def measure_kairos(settings: Settings, run_dir: Path, args: argparse.Namespace, 
                 break
             if ctx.lag is not None:
                 _wait_lag_zero(ctx.lag, 10.0)
-        if args.profile and run.mixed:
+        if profile and run.mixed:
             # A separate step (its figures are not reported): py-spy at the rate that saturated.
             if ctx.lag is not None:
                 _wait_lag_zero(ctx.lag, 20.0)
@@ -261,7 +271,7 @@ def measure_kairos(settings: Settings, run_dir: Path, args: argparse.Namespace, 
                 sampler.wait(30)
                 run.profile = summarise(out, seconds)
                 run.profile_rate = rate
-        run.worker_log = _log_signals(worker.log_path)
+        run.worker_log[system] = _log_signals(worker.log_path)
         if worker.process is not None and worker.process.poll() is not None:
             run.notes.append(f"worker exited early; log tail:\n{worker.log_tail()}")
     finally:
@@ -289,14 +299,16 @@ def measure_backlogs(
     for kind, name in (
         ("confluent", "bare confluent-kafka loop"),
         ("faust", "bare Faust agent"),
-        ("kairos", "Kairos worker"),
+        *((f"kairos-{runtime}", RUNTIME_SYSTEMS[runtime]) for runtime in args.runtimes),
     ):
         sub = f"{prefix}-bl-{kind}"
         (run_dir / f"backlog-{kind}").mkdir(parents=True, exist_ok=True)  # Faust needs the parent
         settings = bench_settings(base, run_dir / f"backlog-{kind}", sub)
+        if kind.startswith("kairos-"):
+            settings = settings.model_copy(update={"runtime": kind.removeprefix("kairos-")})
         result = BacklogResult(name, args.backlog)
         lag: LagProbe | None = None
-        if kind == "kairos":
+        if kind.startswith("kairos"):
             ensure_topics(settings)
             source, sink, group = settings.topics.events, settings.topics.decisions, settings.app_id
         else:
@@ -306,8 +318,8 @@ def measure_backlogs(
         _settle(run, f"{name} (backlog)")
         worker: WorkerProcess | None = None
         floor = None
-        if kind == "kairos":
-            worker = WorkerProcess(settings, run_dir / "backlog-worker.log").start()
+        if kind.startswith("kairos"):
+            worker = WorkerProcess(settings, run_dir / f"backlog-{kind}.log").start()
             pid = worker.process.pid if worker.process else 0
         else:
             floor = start_floor(kind, settings, source, sink, group, run_dir / f"bl-{kind}.log")
@@ -436,21 +448,21 @@ def render(run: Run, args: argparse.Namespace) -> str:
         )
         out.append("")
         out.append(
-            "| offered events/s | sent/s | decisions | p50 ms | p99 ms | max ms | max lag (events) | CPU worker | CPU broker | CPU loadgen | CPU others | machine | keeps up |"
+            "| system | offered events/s | sent/s | decisions | p50 ms | p99 ms | max ms | max lag (events) | CPU worker | CPU broker | CPU loadgen | CPU others | machine | keeps up |"
         )
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for r in run.mixed:
             out.append(
-                f"| {r.rate:,.0f} | {r.load.achieved_rate:,.0f} | {r.count:,} | {fmt(r.p50_ms, 2)} | "
+                f"| {r.system} | {r.rate:,.0f} | {r.load.achieved_rate:,.0f} | {r.count:,} | {fmt(r.p50_ms, 2)} | "
                 f"{fmt(r.p99_ms, 1)} | {fmt(r.max_ms, 0)} | {r.max_lag if r.max_lag is not None else '–'} | "
                 f"{_cpu(r, 'system')} | {_cpu(r, 'broker')} | {_cpu(r, 'loadgen')} | {_cpu(r, 'others')} | "
                 f"{_cpu(r, 'machine')} | {'yes' if r.keeps_up() else '**no**'} |"
             )
     if run.profile is not None and run.profile.samples:
         out += _profile_table(run)
-    if run.worker_log:
-        signals = ", ".join(f"{label}: {n}" for label, n in run.worker_log.items())
-        out += ["", f"Worker log over the whole run: {signals}."]
+    for system, found in run.worker_log.items():
+        signals = ", ".join(f"{label}: {n}" for label, n in found.items())
+        out += ["", f"{system}, log over the whole run: {signals}."]
     if run.backlog:
         out += ["", "### Backlog drain: the ceiling of each system", ""]
         out.append(
@@ -559,14 +571,23 @@ def _goals(run: Run) -> list[str]:
             lines.append(
                 f"- vs the bare Faust agent's p99 ({fmt(faust.p99_ms, 2)} ms): {fmt(ratio, 1)}x."
             )
-    if run.mixed:
-        ok = [r for r in run.mixed if r.keeps_up()]
+    on_faust = at(RUNTIME_SYSTEMS["faust"], GOAL_RATE)
+    if kairos is not None and on_faust is not None:
+        lines.append(
+            f"- the same worker on the Faust runtime: p99 {fmt(on_faust.p99_ms, 2)} ms at "
+            f"{GOAL_RATE:,} triggers/s."
+        )
+    for system in RUNTIME_SYSTEMS.values():
+        steps = [r for r in run.mixed if r.system == system]
+        if not steps:
+            continue
+        ok = [r for r in steps if r.keeps_up()]
         best = max((r.rate for r in ok), default=0.0)
-        failed = next((r for r in run.mixed if not r.keeps_up()), None)
+        failed = next((r for r in steps if not r.keeps_up()), None)
         limit = f"; falls behind at {failed.rate:,.0f}/s" if failed else " (the highest step tried)"
         lines.append(
-            f"- highest sustained mixed rate of one worker: **{best:,.0f} events/s**{limit} "
-            f"(goal ≥ {GOAL_MIXED:,}): {'met' if best >= GOAL_MIXED else '**missed**'}."
+            f"- highest sustained mixed rate of one worker ({system}): **{best:,.0f} events/s**"
+            f"{limit} (goal ≥ {GOAL_MIXED:,}): {'met' if best >= GOAL_MIXED else '**missed**'}."
         )
     return lines
 
@@ -633,6 +654,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--backlog", type=int, default=60_000, help="events in the backlog drain (0: skip it)"
     )
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=tuple(RUNTIME_SYSTEMS),
+        default=list(RUNTIME_SYSTEMS),
+        help="worker runtimes to measure (the first is profiled)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     parser.add_argument("--keep", action="store_true", help="keep the run directory and topics")
     args = parser.parse_args(argv)
@@ -661,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
             measure_floor("confluent", settings, prefix, run_dir, args, run)
             measure_floor("faust", settings, prefix, run_dir, args, run)
         if args.only in ("kairos", "all"):
-            measure_kairos(settings, run_dir, args, run)
+            for runtime in args.runtimes:
+                measure_kairos(base, run_dir, prefix, args, run, runtime)
         if args.backlog and args.only in ("backlog", "all"):
             measure_backlogs(base, run_dir, prefix, args, run)
     finally:

@@ -31,6 +31,7 @@ from streams.processor import (
     ROW_HEADER_SIZE,
     Processor,
     Result,
+    customer_view,
     decode_pending,
     decode_state_row,
 )
@@ -234,17 +235,11 @@ class KairosApp:
 
         @app.page("/customers/{customer_id}")
         async def customer(web: Any, request: Any, customer_id: str) -> Any:
-            data = self.states.get(customer_id.encode())
-            if data is None:
+            key = customer_id.encode()
+            view = customer_view(self.states.get(key), self.pending.get(key))
+            if view is None:
                 return web.json({"error": "unknown customer"}, status=404)
-
-            pending = decode_pending(self.pending.get(customer_id.encode()))
-            return web.json(
-                {
-                    "state": _state_view(decode_state_row(data)[0]),
-                    "open_decisions": [o.decision.decision_id for o in pending.open],
-                }
-            )
+            return web.json(view)
 
         register_dashboard(app, self.metrics)
         return app
@@ -499,12 +494,3 @@ def _credentials(settings: Settings) -> Any:
             ssl_context=ssl_context,
         )
     return faust.SSLCredentials(ssl_context)
-
-
-def _state_view(state: Any) -> dict[str, Any]:
-    """A customer state as a JSON object with field names (the stored form is a compact array)."""
-    import msgspec
-
-    view = {name: getattr(state, name) for name in state.__struct_fields__}
-    view["recent_ids"] = len(state.recent_ids)
-    return dict(msgspec.to_builtins(view))

@@ -540,3 +540,19 @@ def _deadline(item: OpenDecision) -> datetime:
 def _ring(items: list[str], new: str, size: int) -> list[str]:
     items = [*items, new]
     return items[-size:]
+
+
+def customer_view(state_row: bytes | None, pending_row: bytes | None) -> dict[str, object] | None:
+    """A customer's rows as JSON for the web lookup (field names, not the compact array), or None."""
+    if state_row is None:
+        return None
+    state, _ = decode_state_row(state_row)
+    view: dict[str, object] = (
+        {} if state is None else {name: getattr(state, name) for name in state.__struct_fields__}
+    )
+    if state is not None:
+        view["recent_ids"] = len(state.recent_ids)
+    return {
+        "state": msgspec.to_builtins(view),
+        "open_decisions": [o.decision.decision_id for o in decode_pending(pending_row).open],
+    }

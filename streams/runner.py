@@ -1,13 +1,12 @@
-"""Start a worker process: logging, topics, campaigns, model snapshots, then the Faust worker."""
+"""Start a worker process: logging, topics, campaigns, model snapshots, then the runtime's loop."""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
-from faust.worker import Worker
-
-from streams.app import KairosApp
+from engine.campaign import Campaign
 from streams.campaign_files import resolve_campaigns
 from streams.gc_pauses import GcPauseRecorder
 from streams.logs import configure_logging
@@ -30,9 +29,18 @@ def run_worker(settings: Settings) -> None:
     """Run a worker in this process until SIGTERM or Ctrl-C; returns after a clean stop."""
     started = time.monotonic()
     configure_logging(settings.log_level)
-    use_event_loop(settings.event_loop)
     campaigns = resolve_campaigns(settings.campaigns)
     ensure_topics(settings)
+    if settings.runtime == "rdkafka":
+        code = run_rdkafka_worker(settings, campaigns, started)
+        if code:
+            raise SystemExit(code)
+        return
+    use_event_loop(settings.event_loop)
+    from faust.worker import Worker  # the Faust runtime only: importing Faust takes a while
+
+    from streams.app import KairosApp
+
     kairos = KairosApp(settings, campaigns)
     if settings.processing_guarantee == "exactly_once":
         removed = kairos.discard_local_tables()
@@ -64,3 +72,46 @@ def run_worker(settings: Settings) -> None:
         override_logging=False,
     )
     worker.execute_from_commandline()
+
+
+def run_rdkafka_worker(settings: Settings, campaigns: list[Campaign], started: float) -> int:
+    """The rdkafka runtime (streams/rdkafka_worker.py) with its web server; returns the exit code."""
+    from streams.processor import customer_view
+    from streams.rdkafka_worker import RdkafkaWorker
+    from streams.web_server import WorkerWebServer
+
+    worker = RdkafkaWorker(settings, campaigns)
+    loaded = load_latest_snapshots(settings, worker.processor)
+    log.info(
+        "worker configured",
+        extra={
+            "runtime": "rdkafka",
+            "campaigns": [c.name for c in campaigns],
+            "snapshots_loaded": loaded,
+            "bootstrap": settings.kafka_bootstrap,
+            "data_dir": str(settings.data_dir),
+        },
+    )
+    worker.started_at = started
+    GcPauseRecorder(worker.metrics.registry).install()
+    worker.freeze_heap_when_ready = settings.gc_freeze
+    if settings.learning == "remote":
+        from streams.learner import ModelFollower
+
+        ModelFollower(settings, worker.processor.runtimes, worker.metrics).start()
+
+    def lookup(customer_id: str) -> dict[str, Any] | None:
+        rows = worker.customer_rows(customer_id)
+        return None if rows is None else customer_view(*rows)
+
+    web = WorkerWebServer(
+        settings.web_host,
+        settings.web_port,
+        worker.metrics,
+        lambda: worker.ready and not worker.rebalancing,
+        lookup,
+    ).start()
+    try:
+        return worker.run()
+    finally:
+        web.stop()

@@ -103,8 +103,23 @@ class Settings(BaseSettings):
     snapshot_key: str | None = Field(
         default=None, repr=False, description="HMAC key for signed model snapshots."
     )
+    # Runtime: which stream layer moves records between Kafka and the processor.
+    runtime: Literal["rdkafka", "faust"] = Field(
+        default="rdkafka",
+        description="rdkafka: one confluent-kafka consume loop with RocksDB tables and changelogs "
+        "of its own (streams/rdkafka_worker.py); faust: Faust agents and tables (streams/app.py). "
+        "Both use the same group, topics and changelogs, so a worker can switch between them. "
+        "rdkafka costs a fraction of Faust's CPU per record (BENCHMARKS.md, Latency).",
+    )
     # Delivery.
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    transaction_interval_s: float = Field(
+        default=0.1,
+        gt=0,
+        description="Exactly-once with the rdkafka runtime: how long a transaction collects "
+        "records before it commits. Decisions become visible to read-committed consumers at "
+        "the commit, so this bounds their added latency; shorter costs more commits.",
+    )
     # Latency and start-up knobs (measured; see BENCHMARKS.md).
     group_instance_id: str | None = Field(
         default=None,

@@ -34,6 +34,15 @@ def _record_limit(settings: Settings, limit: int | None = None) -> int:
         )
         admin.incremental_alter_configs([resource])[resource].result(timeout=10)
         resource = ConfigResource(ConfigResource.Type.TOPIC, settings.topics.models)
+        # KRaft acknowledges the change before the broker's metadata shows it (seen: a describe
+        # right after still read the old value, so the code under test saw no old limit).
+        deadline = time.monotonic() + 10
+        while _described_limit(admin, resource) != limit and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return _described_limit(admin, resource)
+
+
+def _described_limit(admin: AdminClient, resource: ConfigResource) -> int:
     described = admin.describe_configs([resource])[resource].result(timeout=10)
     return int(described["max.message.bytes"].value)
 

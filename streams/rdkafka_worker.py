@@ -1,0 +1,1108 @@
+"""A worker on librdkafka's consumer and producer, without Faust: the ``rdkafka`` runtime.
+
+Why it exists: on a 2-core machine a bare Faust pass-through agent alone costs about 200 µs of
+CPU per record and sits at a 5-10 ms p99 at 1,000 records/s (BENCHMARKS.md, Latency), so no
+Kairos built on Faust's stream machinery can reach issue 4's goals. This worker keeps everything
+Kairos decides and stores, and drops the framework between Kafka and the processor:
+
+- **Group and partitions.** One confluent-kafka consumer in the group ``app_id`` (the group Faust
+  uses, so committed offsets carry over between the runtimes) subscribes to the events, outcomes
+  and tick topics with the range assignor, which gives a member the same partition numbers of
+  topics with equal partition counts: a customer's events, outcomes and rows meet here.
+- **Tables.** Per partition, the two tables are RocksDB databases (rocksdict, raw bytes), each
+  mirrored to the compacted changelog Faust would use (``{app}-customers-changelog``, same raw
+  key and value, tombstones for deletes), so either runtime can rebuild the other's state. The
+  changelog is the truth: a partition's store is rebuilt from it at assignment unless the store
+  was closed cleanly with a checkpoint (the changelog offset it had reached), in which case only
+  the records after the checkpoint are read. The RocksDB write-ahead log is off for that reason.
+- **Commits (at least once).** Offsets are committed only when every record produced for them
+  (changelogs, decisions, rewards) is acknowledged: produced records are counted per commit
+  epoch, and an epoch's offsets are committed, without blocking the loop, once its count is 0.
+- **Exactly once.** One transactional producer; the records of a transaction interval and the
+  consumed offsets commit together (KIP-447). A failed transaction stops the worker with an
+  error, and the restart rebuilds the tables from the committed changelog (no checkpoint).
+- **Timers** fire in the loop itself, under the same single-threaded order as the records: no
+  tick records round-trip through Kafka (tick records on the tick topic, from a Faust worker or a
+  tool, are still handled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import signal
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import rocksdict
+from aiokafka.partitioner import murmur2
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from engine.campaign import Campaign
+from engine.clock import Clock, SystemClock
+from engine.state import StateError, decode_last_seen
+from streams.gc_pauses import freeze_startup_heap
+from streams.metrics import WorkerMetrics
+from streams.processor import (
+    ROW_HEADER_SIZE,
+    Processor,
+    Result,
+    decode_pending,
+    decode_state_row,
+)
+from streams.settings import Settings
+from streams.timer_index import TimerIndex
+from streams.topics import TABLES, changelog_topic, producer_config
+
+log = logging.getLogger("kairos.rdkafka_worker")
+
+#: Longest the loop blocks in poll() when nothing is due: bounds how late timers, commits and
+#: stop requests are served. Records wake the poll at once, so this adds no latency to them.
+MAX_WAIT_S = 0.05
+#: Records taken from librdkafka's queue per loop turn after the first (a non-blocking consume).
+BATCH = 500
+#: How often consumer lag and the pending-timer gauge are refreshed.
+GAUGE_INTERVAL_S = 1.0
+CHECKPOINT_SUFFIX = ".checkpoint"
+#: The changelog record header naming the worker incarnation that wrote it (see _recover).
+WRITER_HEADER = "kairos-writer"
+
+
+class WorkerFailedError(RuntimeError):
+    """A condition the worker cannot go on from (a failed delivery or transaction)."""
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition murmur2 gives a key: where Kafka clients (Java, aiokafka) put it."""
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+
+
+def _store_options(settings: Settings) -> rocksdict.Options:
+    """Bounded RocksDB memory per table partition, as for the Faust runtime (rocksdb_options)."""
+    mib = 1024 * 1024
+    options = rocksdict.Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.set_write_buffer_size(settings.rocksdb_write_buffer_mib * mib)
+    options.set_max_write_buffer_number(settings.rocksdb_max_write_buffers)
+    table = rocksdict.BlockBasedOptions()
+    table.set_block_cache(rocksdict.Cache(settings.rocksdb_block_cache_mib * mib))
+    table.set_bloom_filter(10, True)
+    options.set_block_based_table_factory(table)
+    return options
+
+
+class TableStore:
+    """One table partition: a RocksDB database mirrored to its changelog partition.
+
+    Two small files beside the database say how far it can be trusted without the changelog:
+    a checkpoint, written at a clean close, names the changelog offset the database had reached;
+    an owner marker, written once the store is recovered, names the worker incarnation that
+    writes it and the changelog offset it started from. Opening takes the checkpoint, so only a
+    clean close leaves one. Without a checkpoint the database is deleted (rebuilt from the
+    changelog), except after a crash at least once (`keep_crashed`), when the owner marker lets
+    recovery check whether anyone else wrote the changelog since (RdkafkaWorker._recover).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        table: str,
+        partition: int,
+        options: rocksdict.Options,
+        keep_crashed: bool = False,
+    ) -> None:
+        self.table = table
+        self.partition = partition
+        self.path = root / f"{table}-{partition}.db"
+        self._options = options
+        self._checkpoint = root / f"{table}-{partition}{CHECKPOINT_SUFFIX}"
+        self._owner = root / f"{table}-{partition}.owner"
+        root.mkdir(parents=True, exist_ok=True)
+        self.resume_from = self._take_checkpoint()
+        #: (writer, changelog offset) of the incarnation that crashed while it held this store.
+        self.crashed_owner: tuple[str, int] | None = None
+        if self.resume_from is None:
+            self.crashed_owner = self._read_owner() if keep_crashed else None
+            if self.crashed_owner is None and self.path.exists():
+                shutil.rmtree(self.path)  # rebuilt from the changelog
+        self.db = rocksdict.Rdict(str(self.path), options)
+
+    def _take_checkpoint(self) -> int | None:
+        try:
+            data = json.loads(self._checkpoint.read_text())
+            self._checkpoint.unlink()
+            return int(data["changelog_offset"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self._checkpoint.unlink(missing_ok=True)
+            return None
+
+    def _read_owner(self) -> tuple[str, int] | None:
+        try:
+            data = json.loads(self._owner.read_text())
+            return str(data["writer"]), int(data["changelog_offset"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def mark_owner(self, writer: str, changelog_offset: int) -> None:
+        """Record that `writer` writes this store from `changelog_offset` on (before it writes)."""
+        _write_atomically(self._owner, {"writer": writer, "changelog_offset": changelog_offset})
+
+    def discard(self) -> None:
+        """Empty the database: it is rebuilt from the changelog."""
+        self.db.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.db = rocksdict.Rdict(str(self.path), self._options)
+        self.resume_from = None
+        self.crashed_owner = None
+
+    def close(self, changelog_offset: int | None) -> None:
+        """Flush and close; with an offset, write the checkpoint that lets the next open resume."""
+        self.db.flush(True)
+        self.db.close()
+        if changelog_offset is not None:
+            _write_atomically(
+                self._checkpoint,
+                {"changelog_offset": changelog_offset, "closed_at": datetime.now(UTC).isoformat()},
+            )
+            self._owner.unlink(missing_ok=True)
+
+
+def _write_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Write a small JSON file so that a crash leaves the old content or the new, never half."""
+    partial = path.with_suffix(path.suffix + ".tmp")
+    partial.write_text(json.dumps(data))
+    partial.replace(path)
+
+
+#: Keys of the dirty index: commit epoch, table tag, customer key (see DirtyRows).
+_EPOCH = struct.Struct(">Q")
+_TABLE_TAGS = {"customers": b"c", "pending": b"p"}
+_TAG_TABLES = {tag: table for table, tag in _TABLE_TAGS.items()}
+
+
+class DirtyRows:
+    """Rows written locally whose changelog record may not be acknowledged yet (at least once).
+
+    A crash can lose a changelog record still in the producer while its RocksDB write survives.
+    The replayed source record then finds its effect in the row and is skipped, so the
+    changelog would miss that row version for good. Each row write is noted here under its
+    commit epoch and forgotten once the epoch is acknowledged; after a crash the rows still
+    noted are sent to the changelog again, from the local tables.
+    """
+
+    def __init__(self, root: Path, partition: int, options: rocksdict.Options) -> None:
+        self.path = root / f"dirty-{partition}.db"
+        self.db = rocksdict.Rdict(str(self.path), options)
+
+    def note(self, epoch: int, table: str, key: bytes) -> None:
+        """A row of `table` was written in `epoch`."""
+        self.db.put(_EPOCH.pack(epoch) + _TABLE_TAGS[table] + key, b"")
+
+    def forget_through(self, epoch: int) -> None:
+        """Every record of epochs up to `epoch` is acknowledged."""
+        self.db.delete_range(_EPOCH.pack(0), _EPOCH.pack(epoch + 1))
+
+    def noted(self) -> set[tuple[str, bytes]]:
+        """(table, key) of every row still noted, whatever its epoch."""
+        rows: set[tuple[str, bytes]] = set()
+        for raw in self.db.keys():  # noqa: SIM118 (an Rdict, not a dict)
+            if isinstance(raw, bytes) and len(raw) > _EPOCH.size:
+                tag = raw[_EPOCH.size : _EPOCH.size + 1]
+                rows.add((_TAG_TABLES[tag], raw[_EPOCH.size + 1 :]))
+        return rows
+
+    def clear(self) -> None:
+        """Forget everything (the tables were rebuilt from the changelog)."""
+        self.db.delete_range(_EPOCH.pack(0), b"\xff" * (_EPOCH.size + 1))
+
+    def close(self) -> None:
+        """Flush and close."""
+        self.db.flush(True)
+        self.db.close()
+
+
+@dataclass
+class PartitionTables:
+    """The customers and pending tables of one partition number, and its dirty-row index."""
+
+    partition: int
+    customers: TableStore
+    pending: TableStore
+    dirty: DirtyRows | None = None
+
+    def stores(self) -> tuple[TableStore, TableStore]:
+        """Both stores, in TABLES order."""
+        return self.customers, self.pending
+
+    def store(self, table: str) -> TableStore:
+        """The store of `table`."""
+        return self.customers if table == "customers" else self.pending
+
+
+class _Rows:
+    """The processor's view of one partition's tables (CustomerRows)."""
+
+    tables: PartitionTables | None = None
+
+    def state(self, customer_id: str) -> bytes | None:
+        assert self.tables is not None
+        value = self.tables.customers.db.get(customer_id.encode())
+        return value if isinstance(value, bytes) else None
+
+    def pending(self, customer_id: str) -> bytes | None:
+        assert self.tables is not None
+        value = self.tables.pending.db.get(customer_id.encode())
+        return value if isinstance(value, bytes) else None
+
+
+@dataclass
+class _CommitEpochs:
+    """Records produced per commit epoch, and the offsets each epoch may commit once acknowledged."""
+
+    #: Epoch numbers start at the start time in ms and count up once per commit, so a restarted
+    #: worker's epochs are above its predecessor's (DirtyRows keys sort by epoch).
+    current: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    unacked: dict[int, int] = field(default_factory=dict)
+    waiting: deque[tuple[int, dict[tuple[str, int], int]]] = field(default_factory=deque)
+    callbacks: dict[int, Callable[[KafkaError | None, Message], None]] = field(default_factory=dict)
+    failure: KafkaError | None = None
+
+    def __post_init__(self) -> None:
+        self.unacked.setdefault(self.current, 0)
+
+    def callback(self) -> Callable[[KafkaError | None, Message], None]:
+        """The delivery callback of the current epoch (one closure per epoch, not per record)."""
+        epoch = self.current
+        found = self.callbacks.get(epoch)
+        if found is None:
+
+            def delivered(error: KafkaError | None, message: Message) -> None:
+                self.unacked[epoch] -= 1
+                if error is not None and self.failure is None:
+                    self.failure = error
+
+            found = self.callbacks[epoch] = delivered
+        self.unacked[epoch] += 1
+        return found
+
+    def close_epoch(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Offsets processed so far commit once this epoch's records are all acknowledged."""
+        self.waiting.append((self.current, dict(offsets)))
+        self.current += 1
+        self.unacked[self.current] = 0
+
+    def ready(self) -> tuple[int, dict[tuple[str, int], int]] | None:
+        """The newest closed epoch whose records (and every earlier epoch's) are all
+        acknowledged, with the offsets it may commit."""
+        found = None
+        while self.waiting:
+            epoch, offsets = self.waiting[0]
+            if any(count for e, count in self.unacked.items() if e <= epoch):
+                break
+            self.waiting.popleft()
+            for e in [e for e in self.unacked if e <= epoch]:
+                del self.unacked[e]
+                self.callbacks.pop(e, None)
+            found = epoch, offsets
+        return found
+
+
+class RdkafkaWorker:
+    """A Kairos worker on confluent-kafka (see the module docstring): run() until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        campaigns: Sequence[Campaign],
+        clock: Clock | None = None,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or WorkerMetrics()
+        self.metrics.set_state("starting")
+        self.processor = Processor(settings, campaigns, self.clock, self.metrics)
+        self.timers = TimerIndex()
+        self.ready = False
+        self.rebalancing = False
+        self.started_at = time.monotonic()
+        #: Set by the worker process (not by tests that build workers in-process): see gc_pauses.
+        self.freeze_heap_when_ready = False
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
+        self.root = settings.data_dir / "rdkafka"
+        self.tables: dict[int, PartitionTables] = {}
+        #: Guards opening and closing stores against readers on the web server's thread.
+        self.tables_lock = threading.Lock()
+        self._options = _store_options(settings)
+        self._rows = _Rows()
+        self._epochs = _CommitEpochs()
+        #: This incarnation's id, in a header of every changelog record it writes.
+        self.writer = uuid.uuid4().hex
+        self._writer_header = [(WRITER_HEADER, self.writer.encode())]
+        self._next_offsets: dict[tuple[str, int], int] = {}
+        self._published_versions: dict[str, int] = {}
+        self._row_count = 0
+        self._running = True
+        self._in_transaction = False
+        self._offsets_moved = False
+        self._callback_error: Exception | None = None
+        self._sweep: Iterator[list[str]] | None = None
+        self._changelogs = {table: changelog_topic(settings, table) for table in TABLES}
+        names = settings.topics
+        self._sources = (names.events, names.outcomes, names.ticks)
+        self._snapshot_key = settings.snapshot_key.encode() if settings.snapshot_key else None
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.urgent: Producer | None = None
+
+    # ---- clients ------------------------------------------------------------------------------
+
+    def transactional_id(self) -> str:
+        """Stable per worker instance, so a restart fences (and aborts) its predecessor's transaction."""
+        s = self.settings
+        if s.group_instance_id:
+            return f"{s.app_id}-{s.group_instance_id}"
+        where = f"{socket.gethostname()}:{s.data_dir.resolve()}"
+        return f"{s.app_id}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+
+    def _consumer_config(self) -> dict[str, Any]:
+        s = self.settings
+        config: dict[str, Any] = {
+            **s.confluent_config(),
+            "group.id": s.app_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # Co-partitioning: range gives a member the same partition numbers of every topic.
+            "partition.assignment.strategy": "range",
+            "session.timeout.ms": int(s.session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(s.heartbeat_interval_s * 1000),
+            "max.poll.interval.ms": max(300_000, int(s.rebalance_timeout_s * 1000)),
+            # An empty fetch returns after 10 ms (the floor loop's setting); a record returns it at once.
+            "fetch.wait.max.ms": 10,
+            "isolation.level": "read_committed" if self.exactly_once else "read_uncommitted",
+        }
+        if s.group_instance_id:
+            config["group.instance.id"] = s.group_instance_id
+        return config
+
+    def _start_clients(self) -> None:
+        s = self.settings
+        if self.exactly_once:
+            self.producer = Producer(
+                producer_config(
+                    s,
+                    **{
+                        "transactional.id": self.transactional_id(),
+                        "transaction.timeout.ms": 60_000,
+                    },
+                )
+            )
+            self.producer.init_transactions(30.0)  # aborts a crashed predecessor's transaction
+        else:
+            self.producer = Producer(producer_config(s, acks=s.producer_acks))
+            # Decisions never wait for a batch of changelog records to fill (rdkafka_producer.py).
+            self.urgent = Producer(producer_config(s, acks=s.producer_acks, **{"linger.ms": 0}))
+        self.consumer = Consumer(self._consumer_config())
+        self.consumer.subscribe(
+            list(self._sources),
+            on_assign=self._guarded(self._on_assign),
+            on_revoke=self._guarded(self._on_revoke),
+        )
+
+    def _guarded(
+        self, callback: Callable[[Consumer, list[TopicPartition]], None]
+    ) -> Callable[[Consumer, list[TopicPartition]], None]:
+        """A rebalance callback whose exception stops the loop (confluent-kafka mangles it)."""
+
+        def guarded(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            try:
+                callback(consumer, partitions)
+            except Exception as exc:
+                log.exception("rebalance callback failed")
+                self._callback_error = exc
+                self._running = False
+
+        return guarded
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to stop after the current turn (a signal handler)."""
+        self._running = False
+
+    def run(self) -> int:
+        """Consume, process, produce and commit until stop(); returns the process exit code."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        self._start_clients()
+        assert self.consumer is not None
+        failed: BaseException | None = None
+        s = self.settings
+        commit_every = s.transaction_interval_s if self.exactly_once else s.commit_interval_s
+        next_commit = time.monotonic() + commit_every
+        next_gauges = time.monotonic()
+        next_snapshot = time.monotonic() + s.snapshot_interval_s
+        next_sweep = time.monotonic() + s.state_sweep_interval_s
+        try:
+            while self._running:
+                now = time.monotonic()
+                wait = min(MAX_WAIT_S, max(0.0, next_commit - now))
+                due = self._next_timer_in()
+                if due is not None:
+                    wait = min(wait, due)
+                if self._sweep is not None:
+                    wait = 0.0
+                message = self.consumer.poll(wait)
+                # Loop lag: how long a record arriving now would wait for the next poll.
+                busy_from = time.perf_counter()
+                if message is not None:
+                    self._handle(message)
+                    for more in self.consumer.consume(BATCH, 0):
+                        self._handle(more)
+                if self._callback_error is not None:
+                    raise WorkerFailedError(f"rebalance failed: {self._callback_error!r}")
+                self._serve_producers()
+                if self._epochs.failure is not None:
+                    raise WorkerFailedError(
+                        f"a record was not delivered: {self._epochs.failure.str()}"
+                    )
+                self._fire_timers()
+                now = time.monotonic()
+                if now >= next_commit:
+                    self._commit()
+                    next_commit = now + commit_every
+                if now >= next_gauges:
+                    self._report_gauges()
+                    next_gauges = now + GAUGE_INTERVAL_S
+                if now >= next_snapshot:
+                    self.publish_snapshots()
+                    next_snapshot = now + s.snapshot_interval_s
+                if now >= next_sweep and self._sweep is None and self.ready:
+                    self._sweep = self._sweep_idle(s.state_sweep_chunk)
+                    next_sweep = now + s.state_sweep_interval_s
+                if self._sweep is not None:
+                    self._advance_sweep()
+                self.metrics.loop_lag.observe(time.perf_counter() - busy_from)
+        except (WorkerFailedError, KafkaException) as exc:
+            failed = exc
+            log.error("worker stopped: %s", exc)
+        finally:
+            self._shutdown(clean=failed is None)
+        return 0 if failed is None else 1
+
+    def _serve_producers(self) -> None:
+        assert self.producer is not None
+        self.producer.poll(0)
+        if self.urgent is not None:
+            self.urgent.poll(0)
+        if not self.exactly_once:
+            done = self._epochs.ready()
+            if done is not None and self.consumer is not None:
+                self._forget_dirty(done[0])
+                self.consumer.commit(offsets=_partitions(done[1]), asynchronous=True)
+
+    def _forget_dirty(self, epoch: int) -> None:
+        for tables in self.tables.values():
+            if tables.dirty is not None:
+                tables.dirty.forget_through(epoch)
+
+    def _handle(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise KafkaException(error)
+            log.warning("consumer: %s", error.str())
+            return
+        topic = message.topic() or ""
+        partition = message.partition() or 0
+        offset = message.offset() or 0
+        tables = self.tables.get(partition)
+        if tables is None:  # not ours (a record fetched before a revocation): not processed
+            return
+        self._next_offsets[(topic, partition)] = offset + 1
+        self._offsets_moved = True
+        self._rows.tables = tables
+        value = message.value() or b""
+        key = message.key()
+        names = self.settings.topics
+        source = (topic, partition, offset)
+        processor = self.processor
+        try:
+            if topic != names.ticks and key is not None and self._misplaced(key, partition):
+                result = processor.reroute(value, source, key)
+            elif topic == names.events:
+                result = processor.on_event(value, self._rows, source, key)
+            elif topic == names.outcomes:
+                result = processor.on_outcome(value, self._rows, source, key)
+            elif key is not None:
+                result = processor.on_tick(key.decode(errors="replace"), self._rows)
+            else:
+                return
+        except Exception as exc:  # a bug must not stop the stream: dead-letter and go on
+            result = processor.processing_error(value, source, exc)
+        self._apply(result, tables)
+
+    def _misplaced(self, key: bytes, partition: int) -> bool:
+        """True if a keyed record is not on the partition murmur2 gives its key."""
+        return partition_of(key, self.settings.partitions) != partition
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        partition: int = -1,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        producer = (
+            self.urgent
+            if (self.urgent is not None and topic == self.settings.topics.decisions)
+            else self.producer
+        )
+        assert producer is not None
+        self._begin()
+        callback = self._epochs.callback()
+        while True:
+            try:
+                if headers:
+                    producer.produce(
+                        topic, value, key, partition, on_delivery=callback, headers=list(headers)
+                    )
+                else:
+                    producer.produce(topic, value, key, partition, on_delivery=callback)
+                return
+            except BufferError:  # librdkafka's queue is full: serve deliveries, then retry
+                producer.poll(0.005)
+
+    def _changelog(
+        self, tables: PartitionTables, table: str, key: bytes, value: bytes | None
+    ) -> None:
+        """Mirror a row write (None: a delete) to the table's changelog partition."""
+        if tables.dirty is not None:
+            tables.dirty.note(self._epochs.current, table, key)
+        self._produce(
+            self._changelogs[table], key, value, tables.partition, headers=self._writer_header
+        )
+
+    def _begin(self) -> None:
+        if self.exactly_once and not self._in_transaction:
+            assert self.producer is not None
+            self.producer.begin_transaction()
+            self._in_transaction = True
+
+    def _apply(self, result: Result, tables: PartitionTables) -> None:
+        customer_id = result.customer_id
+        if customer_id is not None:
+            key = customer_id.encode()
+            customers, pending = tables.customers, tables.pending
+            if result.expired:
+                if customers.db.get(key) is not None:
+                    customers.db.delete(key)
+                    self._changelog(tables, "customers", key, None)
+                    self._row_count = max(0, self._row_count - 1)
+                    self.metrics.table_rows.labels(table="customers").set(self._row_count)
+                if pending.db.get(key) is not None:
+                    pending.db.delete(key)
+                    self._changelog(tables, "pending", key, None)
+                self.timers.schedule(customer_id, None)
+            else:
+                if result.state is not None:
+                    customers.db.put(key, result.state)
+                    self._changelog(tables, "customers", key, result.state)
+                    if result.new_customer:
+                        self._row_count += 1
+                        self.metrics.table_rows.labels(table="customers").set(self._row_count)
+                if result.pending is not None:
+                    pending.db.put(key, result.pending)
+                    self._changelog(tables, "pending", key, result.pending)
+                self.timers.schedule(customer_id, result.next_due)
+        for out in result.outputs:
+            self._produce(out.topic, out.key, out.value, headers=out.headers)
+
+    # ---- timers and retention -----------------------------------------------------------------
+
+    def _next_timer_in(self) -> float | None:
+        heap = self.timers.heap
+        if not heap or not self.ready:
+            return None
+        return max(0.0, heap[0][0] - self.clock.now().timestamp())
+
+    def _fire_timers(self) -> None:
+        if not self.ready or not self.timers.heap:
+            return
+        for customer_id in self.timers.pop_due(self.clock.now().timestamp()):
+            self._tick(customer_id)
+
+    def _tick(self, customer_id: str) -> None:
+        tables = self.tables.get(partition_of(customer_id.encode(), self.settings.partitions))
+        if tables is None:
+            return
+        self._rows.tables = tables
+        try:
+            result = self.processor.on_tick(customer_id, self._rows)
+        except Exception:  # a bug must not stop the worker: the rows stay as they were
+            log.exception("timer failed for a customer; its rows are left as they were")
+            return
+        self._apply(result, tables)
+
+    def _sweep_idle(self, chunk: int) -> Iterator[list[str]]:
+        """Customers idle past the state TTL with nothing open, `chunk` rows at a time."""
+        now = self.clock.now()
+        found: list[str] = []
+        for tables in list(self.tables.values()):
+            pending_db = tables.pending.db
+            try:
+                for n, (key, data) in enumerate(tables.customers.db.items(), start=1):
+                    if (
+                        isinstance(data, bytes)
+                        and self.processor.idle_past_retention(
+                            decode_last_seen(data[ROW_HEADER_SIZE:]), now
+                        )
+                        and not decode_pending(pending_db.get(key)).open
+                    ):
+                        found.append(_text(key))
+                    if n % chunk == 0:
+                        yield found
+                        found = []
+            except StateError:
+                log.exception("retention sweep stopped at an unreadable customer row")
+        yield found
+
+    def _advance_sweep(self) -> None:
+        assert self._sweep is not None
+        try:
+            batch = next(self._sweep)
+        except StopIteration:
+            self._sweep = None
+            return
+        for customer_id in batch:
+            self._tick(customer_id)
+
+    # ---- commits ------------------------------------------------------------------------------
+
+    def _commit(self) -> None:
+        if not self._next_offsets:
+            return
+        if self.exactly_once:
+            self._commit_transaction()
+        else:
+            self._epochs.close_epoch(self._next_offsets)
+
+    def _commit_transaction(self) -> None:
+        if not self._in_transaction and not self._offsets_moved:
+            return
+        assert self.producer is not None and self.consumer is not None
+        self._begin()
+        try:
+            self.producer.send_offsets_to_transaction(
+                _partitions(self._next_offsets), self.consumer.consumer_group_metadata(), 30.0
+            )
+            self.producer.commit_transaction(30.0)
+        except KafkaException as exc:
+            raise WorkerFailedError(f"transaction failed: {exc}") from exc
+        self._in_transaction = False
+        self._offsets_moved = False
+
+    def _drain(self) -> None:
+        """Every produced record acknowledged, and the processed offsets committed (a barrier)."""
+        if self.exactly_once:
+            self._commit_transaction()
+            return
+        for producer in (self.producer, self.urgent):
+            if producer is not None:
+                left = producer.flush(30.0)
+                if left:
+                    raise WorkerFailedError(f"{left} records not acknowledged in 30 s")
+        if self._epochs.failure is not None:
+            raise WorkerFailedError(f"a record was not delivered: {self._epochs.failure.str()}")
+        self._epochs.close_epoch(self._next_offsets)
+        done = self._epochs.ready()
+        if done is not None:
+            self._forget_dirty(done[0])
+            if done[1] and self.consumer is not None:
+                self.consumer.commit(offsets=_partitions(done[1]), asynchronous=False)
+
+    # ---- rebalances ---------------------------------------------------------------------------
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalancing = True
+        self.metrics.set_state("recovering")
+        clean = True
+        try:
+            self._drain()
+        except (WorkerFailedError, KafkaException) as exc:
+            log.error("could not commit before the rebalance: %s", exc)
+            clean = False
+        numbers = {tp.partition for tp in partitions}
+        self._close_tables(numbers, clean)
+        for key in [k for k in self._next_offsets if k[1] in numbers]:
+            del self._next_offsets[key]
+        self._sweep = None
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalancing = True
+        self.metrics.set_state("recovering")
+        numbers = sorted({tp.partition for tp in partitions} - set(self.tables))
+        started = time.perf_counter()
+        keep_crashed = not self.exactly_once
+        opened = {
+            p: PartitionTables(
+                p,
+                TableStore(self.root, TABLES[0], p, self._options, keep_crashed),
+                TableStore(self.root, TABLES[1], p, self._options, keep_crashed),
+                DirtyRows(self.root, p, self._options) if keep_crashed else None,
+            )
+            for p in numbers
+        }
+        restored, kept = self._recover(opened)
+        with self.tables_lock:
+            self.tables.update(opened)
+        resent = self._resend_dirty(opened, kept)
+        self._rebuild_timers()
+        log.info(
+            "partitions assigned",
+            extra={
+                "partitions": numbers,
+                "changelog_records": restored,
+                "kept_after_crash": sorted(f"{table}-{p}" for table, p in kept),
+                "rows_resent_to_changelog": resent,
+                "recovery_s": round(time.perf_counter() - started, 3),
+            },
+        )
+        self.rebalancing = False
+        if not self.ready:
+            log.info(
+                "worker ready",
+                extra={"ready_after_s": round(time.monotonic() - self.started_at, 3)},
+            )
+            if self.freeze_heap_when_ready:
+                freeze_startup_heap()
+        self.ready = True
+        self.metrics.set_state("running")
+
+    def _resend_dirty(self, opened: dict[int, PartitionTables], kept: set[tuple[str, int]]) -> int:
+        """After a crash, send the rows whose changelog record may have been lost, again."""
+        resent = 0
+        for p, tables in opened.items():
+            if tables.dirty is None:
+                continue
+            noted = tables.dirty.noted()
+            if not any((table, p) in kept for table in TABLES):
+                tables.dirty.clear()  # rebuilt from the changelog: nothing local to resend
+                continue
+            for table, key in sorted(noted):
+                if (table, p) not in kept:
+                    continue
+                value = tables.store(table).db.get(key)
+                self._changelog(tables, table, key, value if isinstance(value, bytes) else None)
+                resent += 1
+        return resent
+
+    def _close_tables(self, numbers: set[int], clean: bool) -> None:
+        ends = self._changelog_ends(numbers) if clean else {}
+        with self.tables_lock:
+            for p in numbers:
+                tables = self.tables.pop(p, None)
+                if tables is None:
+                    continue
+                for store in tables.stores():
+                    store.close(ends.get((store.table, p)))
+                if tables.dirty is not None:
+                    tables.dirty.close()
+        self.timers.clear()
+        self._rebuild_timers()
+
+    def _changelog_ends(self, numbers: set[int]) -> dict[tuple[str, int], int]:
+        """The changelogs' end offsets (after a drain: everything this worker wrote is in)."""
+        ends: dict[tuple[str, int], int] = {}
+        if self.consumer is None:
+            return ends
+        for table, topic in self._changelogs.items():
+            for p in numbers:
+                try:
+                    _, high = self.consumer.get_watermark_offsets(
+                        TopicPartition(topic, p), timeout=10.0, cached=False
+                    )
+                except KafkaException:
+                    continue  # no checkpoint: the next owner rebuilds this partition
+                ends[(table, p)] = high
+        return ends
+
+    def _recover(self, opened: dict[int, PartitionTables]) -> tuple[int, set[tuple[str, int]]]:
+        """Bring the opened stores up to their changelogs' ends.
+
+        A store closed cleanly reads the records after its checkpoint (another worker's, if the
+        partition moved meanwhile). A store left by a crash at least once is kept as it is if
+        every changelog record since its owner marker was written by that crashed incarnation
+        (the local rows are then as new as the changelog, or newer: their lost records are
+        resent by _resend_dirty); otherwise, and in every other case, it is rebuilt from the
+        changelog's start. Returns the records applied and the (table, partition) kept.
+        """
+        kept: set[tuple[str, int]] = set()
+        if not opened:
+            return 0, kept
+        s = self.settings
+        reader = Consumer(
+            {
+                **s.confluent_config(),
+                "group.id": f"{s.app_id}-restore",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        try:
+            stores: dict[tuple[str, int], TableStore] = {}
+            marks: dict[tuple[str, int], tuple[int, int]] = {}
+            for p, tables in opened.items():
+                for store in tables.stores():
+                    where = (self._changelogs[store.table], p)
+                    stores[where] = store
+                    marks[where] = reader.get_watermark_offsets(
+                        TopicPartition(*where), timeout=30.0, cached=False
+                    )
+            # Crashed stores: kept only if nobody else wrote their changelog since.
+            suspects = {
+                where: store.crashed_owner
+                for where, store in stores.items()
+                if store.crashed_owner is not None
+            }
+            foreign: set[tuple[str, int]] = set()
+
+            def check(where: tuple[str, int], message: Message) -> None:
+                owner = suspects[where]
+                assert owner is not None
+                headers = dict(message.headers() or ())
+                if headers.get(WRITER_HEADER) != owner[0].encode():
+                    foreign.add(where)
+
+            scan = {}
+            for where, owner in suspects.items():
+                assert owner is not None
+                low, high = marks[where]
+                if not low <= owner[1] <= high:
+                    foreign.add(where)
+                else:
+                    scan[where] = owner[1]
+            self._read_changelogs(reader, scan, marks, check)
+            starts: dict[tuple[str, int], int] = {}
+            for where, store in stores.items():
+                low, high = marks[where]
+                if where in suspects and where not in foreign:
+                    kept.add((store.table, where[1]))
+                    continue
+                if where in foreign or store.crashed_owner is not None:
+                    store.discard()
+                start = store.resume_from
+                if start is not None and not low <= start <= high:
+                    store.discard()  # compacted or truncated past the checkpoint
+                    start = None
+                starts[where] = low if start is None else start
+            applied = 0
+            batches: dict[tuple[str, int], rocksdict.WriteBatch] = {}
+
+            def put(where: tuple[str, int], message: Message) -> None:
+                nonlocal applied
+                key = message.key()
+                if key is None:
+                    return
+                writes = batches.get(where)
+                if writes is None:
+                    writes = batches[where] = rocksdict.WriteBatch(raw_mode=True)
+                value = message.value()
+                if value is None:
+                    writes.delete(key)
+                else:
+                    writes.put(key, value)
+                applied += 1
+
+            def flush() -> None:
+                for where, writes in batches.items():
+                    stores[where].db.write(writes)
+                batches.clear()
+
+            self._read_changelogs(reader, starts, marks, put, after_batch=flush)
+            for where, store in stores.items():
+                store.mark_owner(self.writer, marks[where][1])
+            return applied, kept
+        finally:
+            reader.close()
+
+    @staticmethod
+    def _read_changelogs(
+        reader: Consumer,
+        starts: dict[tuple[str, int], int],
+        marks: dict[tuple[str, int], tuple[int, int]],
+        on_record: Callable[[tuple[str, int], Message], None],
+        after_batch: Callable[[], None] | None = None,
+    ) -> None:
+        """Read each changelog partition from its start to its end offset (`marks`)."""
+        todo = {where: begin for where, begin in starts.items() if begin < marks[where][1]}
+        if not todo:
+            return
+        reader.assign([TopicPartition(t, p, begin) for (t, p), begin in todo.items()])
+        remaining = set(todo)
+        while remaining:
+            for message in reader.consume(1000, 1.0):
+                error = message.error()
+                where = (message.topic() or "", message.partition() or 0)
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        remaining.discard(where)
+                        continue
+                    raise KafkaException(error)
+                if where in remaining and (message.offset() or 0) < marks[where][1]:
+                    on_record(where, message)
+            if after_batch is not None:
+                after_batch()
+        reader.unassign()
+
+    def _rebuild_timers(self) -> None:
+        """Re-read due times (timers and attribution deadlines) from the tables held now."""
+        self.timers.clear()
+        rows = 0
+        for tables in self.tables.values():
+            for key, data in tables.customers.db.items():
+                rows += 1
+                state, _ = decode_state_row(data)
+                if state is None:
+                    continue
+                dues = [due_at for due_at, _ in state.timers.values()]
+                if dues:
+                    self.timers.schedule(_text(key), min(dues))
+            for key, data in tables.pending.db.items():
+                pending = decode_pending(data)
+                if pending.open:
+                    customer_id = _text(key)
+                    soonest = min(o.deadline for o in pending.open)
+                    current = self.timers.due_at.get(customer_id)
+                    self.timers.schedule(
+                        customer_id, soonest if current is None else min(current, soonest)
+                    )
+        self._row_count = rows
+        self.metrics.table_rows.labels(table="customers").set(rows)
+
+    # ---- snapshots, gauges, lookups -----------------------------------------------------------
+
+    def publish_snapshots(self) -> int:
+        """Send each campaign's models to the compacted models topic if they learned since."""
+        if self.settings.learning != "local" or self.producer is None:
+            return 0
+        sent = 0
+        for name, runtime in self.processor.runtimes.items():
+            version = runtime.bandit.version
+            if version <= self._published_versions.get(name, 0):
+                continue
+            data = runtime.bandit.snapshot(key=self._snapshot_key)
+
+            def delivered(
+                error: KafkaError | None, message: Message, name: str = name, version: int = version
+            ) -> None:
+                if error is None:
+                    self._published_versions[name] = max(
+                        version, self._published_versions.get(name, 0)
+                    )
+                    self.metrics.snapshots.labels(direction="published").inc()
+                else:
+                    log.error(
+                        "model snapshot not published; the worker goes on and retries next interval",
+                        extra={"campaign": name, "version": version, "error": error.str()},
+                    )
+                    self.metrics.snapshots.labels(direction="failed").inc()
+
+            try:
+                self._begin()
+                self.producer.produce(
+                    self.settings.topics.models, data, name.encode(), on_delivery=delivered
+                )
+                sent += 1
+            except (BufferError, KafkaException) as exc:
+                log.error("model snapshot not queued: %s", exc, extra={"campaign": name})
+                self.metrics.snapshots.labels(direction="failed").inc()
+        return sent
+
+    def _report_gauges(self) -> None:
+        self.metrics.pending_timers.set(len(self.timers.due_at))
+        self.metrics.table_rows.labels(table="customers").set(self._row_count)
+        if self.consumer is None:
+            return
+        names = self.settings.topics
+        for p in list(self.tables):
+            for topic in (names.events, names.outcomes):
+                try:
+                    _, high = self.consumer.get_watermark_offsets(
+                        TopicPartition(topic, p), cached=True
+                    )
+                except KafkaException:
+                    continue
+                if high < 0:
+                    continue
+                done = self._next_offsets.get((topic, p))
+                if done is None:
+                    continue
+                self.metrics.consumer_lag.labels(topic=topic, partition=str(p)).set(
+                    max(0, high - done)
+                )
+
+    def customer_rows(self, customer_id: str) -> tuple[bytes | None, bytes | None] | None:
+        """A customer's two rows, read from another thread (the web server); None if not held here."""
+        key = customer_id.encode()
+        with self.tables_lock:
+            tables = self.tables.get(partition_of(key, self.settings.partitions))
+            if tables is None:
+                return None
+            state = tables.customers.db.get(key)
+            pending = tables.pending.db.get(key)
+        return (
+            state if isinstance(state, bytes) else None,
+            pending if isinstance(pending, bytes) else None,
+        )
+
+    # ---- stop ---------------------------------------------------------------------------------
+
+    def _shutdown(self, clean: bool) -> None:
+        """Commit what is done, checkpoint the stores if everything was delivered, close clients."""
+        self.metrics.set_state("stopping")
+        if clean:
+            try:
+                self._drain()
+            except (WorkerFailedError, KafkaException) as exc:
+                log.error(
+                    "final commit failed; the tables will be rebuilt at the next start: %s", exc
+                )
+                clean = False
+        elif self.exactly_once and self._in_transaction and self.producer is not None:
+            with contextlib.suppress(KafkaException):
+                self.producer.abort_transaction(10.0)
+        self._close_tables(set(self.tables), clean)
+        if self.consumer is not None:
+            self.consumer.close()
+        for producer in (self.producer, self.urgent):
+            if producer is not None:
+                producer.flush(5.0)
+        log.info("worker stopped", extra={"clean": clean})
+
+
+def _partitions(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
+    return [
+        TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()
+    ]
+
+
+def _text(key: object) -> str:
+    """A raw RocksDB key as the customer id it encodes."""
+    return key.decode() if isinstance(key, bytes) else str(key)

@@ -1,0 +1,133 @@
+"""The rdkafka runtime's own parts without a broker: commit epochs and checkpointed stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from streams.rdkafka_worker import (
+    DirtyRows,
+    TableStore,
+    _CommitEpochs,
+    _store_options,
+    partition_of,
+)
+from streams.settings import Settings
+
+
+def test_offsets_commit_only_once_every_record_before_them_is_acknowledged() -> None:
+    epochs = _CommitEpochs()
+    start = epochs.current
+    first = [epochs.callback() for _ in range(3)]
+    epochs.close_epoch({("events", 0): 10})
+    second = epochs.callback()
+    epochs.close_epoch({("events", 0): 20})
+    delivered: Any = None
+    assert epochs.ready() is None
+    second(None, delivered)  # the later epoch is done, the earlier is not: nothing may commit
+    assert epochs.ready() is None
+    first[0](None, delivered)
+    first[1](None, delivered)
+    assert epochs.ready() is None
+    first[2](None, delivered)
+    # Both epochs complete: the newest offsets, with the epoch they close.
+    assert epochs.ready() == (start + 1, {("events", 0): 20})
+    assert epochs.ready() is None
+    assert epochs.failure is None
+
+
+def test_a_failed_delivery_is_kept_for_the_worker_to_stop_on() -> None:
+    epochs = _CommitEpochs()
+    callback = epochs.callback()
+
+    class Failure:
+        def str(self) -> str:
+            return "boom"
+
+    callback(Failure(), None)  # type: ignore[arg-type]
+    assert epochs.failure is not None
+
+
+def test_an_epoch_without_records_commits_at_once() -> None:
+    epochs = _CommitEpochs()
+    epochs.close_epoch({("outcomes", 3): 7})
+    assert epochs.ready() == (epochs.current - 1, {("outcomes", 3): 7})
+
+
+def _store(root: Path) -> TableStore:
+    return TableStore(root, "customers", 2, _store_options(Settings()))
+
+
+def test_a_cleanly_closed_store_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    assert store.resume_from is None
+    store.db.put(b"c1", b"row")
+    store.close(changelog_offset=42)
+    reopened = _store(tmp_path)
+    assert reopened.resume_from == 42
+    assert reopened.db.get(b"c1") == b"row"
+    reopened.close(changelog_offset=None)
+
+
+def test_a_store_not_closed_cleanly_is_rebuilt_from_nothing(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.db.put(b"c1", b"row")
+    store.close(changelog_offset=42)
+    taken = _store(tmp_path)  # opening takes the checkpoint: a crash now leaves none
+    taken.db.put(b"c2", b"newer")
+    taken.close(changelog_offset=None)  # as after a crash or a failed final commit
+    rebuilt = _store(tmp_path)
+    assert rebuilt.resume_from is None
+    assert rebuilt.db.get(b"c1") is None
+    assert rebuilt.db.get(b"c2") is None
+    rebuilt.close(changelog_offset=None)
+
+
+def test_a_garbled_checkpoint_means_a_rebuild(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.db.put(b"c1", b"row")
+    store.close(changelog_offset=5)
+    (tmp_path / "customers-2.checkpoint").write_text("{not json")
+    rebuilt = _store(tmp_path)
+    assert rebuilt.resume_from is None
+    assert rebuilt.db.get(b"c1") is None
+    rebuilt.close(changelog_offset=None)
+
+
+def test_partition_of_matches_the_java_client() -> None:
+    # Kafka's own murmur2 test vectors (DefaultPartitionerTest / Utils.murmur2), modulo 4 and 1000.
+    assert partition_of(b"a-little-bit-long-string", 1000) == (-985981536 & 0x7FFFFFFF) % 1000
+    assert partition_of(b"21", 4) == (-973932308 & 0x7FFFFFFF) % 4
+
+
+def test_at_least_once_a_crashed_store_is_kept_with_its_owner_for_recovery_to_check(
+    tmp_path: Path,
+) -> None:
+    options = _store_options(Settings())
+    store = TableStore(tmp_path, "pending", 1, options, keep_crashed=True)
+    store.mark_owner("writer-a", 17)
+    store.db.put(b"c1", b"row")
+    store.db.close()  # a crash: no checkpoint, the owner marker stays
+    kept = TableStore(tmp_path, "pending", 1, options, keep_crashed=True)
+    assert kept.resume_from is None
+    assert kept.crashed_owner == ("writer-a", 17)
+    assert kept.db.get(b"c1") == b"row"
+    kept.close(changelog_offset=30)  # clean: a checkpoint, and the owner marker is gone
+    reopened = TableStore(tmp_path, "pending", 1, options, keep_crashed=True)
+    assert (reopened.resume_from, reopened.crashed_owner) == (30, None)
+    reopened.close(changelog_offset=None)
+
+
+def test_dirty_rows_are_forgotten_once_their_epoch_and_every_earlier_one_is_acknowledged(
+    tmp_path: Path,
+) -> None:
+    dirty = DirtyRows(tmp_path, 0, _store_options(Settings()))
+    dirty.note(100, "customers", b"c1")
+    dirty.note(101, "pending", b"c1")
+    dirty.note(102, "customers", b"c2")
+    dirty.forget_through(101)
+    assert dirty.noted() == {("customers", b"c2")}
+    dirty.note(103, "pending", b"c3")
+    dirty.clear()
+    assert dirty.noted() == set()
+    dirty.close()
