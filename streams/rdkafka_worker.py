@@ -352,6 +352,7 @@ class RdkafkaWorker:
         self.writer = uuid.uuid4().hex
         self._writer_header = [(WRITER_HEADER, self.writer.encode())]
         self._next_offsets: dict[tuple[str, int], int] = {}
+        self._committed: dict[tuple[str, int], int] = {}
         self._published_versions: dict[str, int] = {}
         self._row_count = 0
         self._running = True
@@ -412,9 +413,12 @@ class RdkafkaWorker:
             )
             self.producer.init_transactions(30.0)  # aborts a crashed predecessor's transaction
         else:
-            self.producer = Producer(producer_config(s, acks=s.producer_acks))
-            # Decisions never wait for a batch of changelog records to fill (rdkafka_producer.py).
-            self.urgent = Producer(producer_config(s, acks=s.producer_acks, **{"linger.ms": 0}))
+            acks = {"acks": s.producer_acks, "enable.idempotence": s.producer_acks == -1}
+            self.producer = Producer(producer_config(s, **acks))
+            # Decisions never wait for a batch of changelog records to fill (rdkafka_producer.py);
+            # with no linger at all, one client sends everything.
+            if s.producer_linger_ms > 0:
+                self.urgent = Producer(producer_config(s, **acks, **{"linger.ms": 0}))
         self.consumer = Consumer(self._consumer_config())
         self.consumer.subscribe(
             list(self._sources),
@@ -510,9 +514,19 @@ class RdkafkaWorker:
             self.urgent.poll(0)
         if not self.exactly_once:
             done = self._epochs.ready()
-            if done is not None and self.consumer is not None:
+            if done is not None:
                 self._forget_dirty(done[0])
-                self.consumer.commit(offsets=_partitions(done[1]), asynchronous=True)
+                self._commit_offsets(done[1], asynchronous=True)
+
+    def _commit_offsets(self, offsets: dict[tuple[str, int], int], asynchronous: bool) -> None:
+        """Commit the offsets that moved since the last commit (an idle worker commits nothing)."""
+        moved = {k: v for k, v in offsets.items() if self._committed.get(k) != v}
+        if moved and self.consumer is not None:
+            if asynchronous:
+                self.consumer.commit(offsets=_partitions(moved), asynchronous=True)
+            else:
+                self.consumer.commit(offsets=_partitions(moved), asynchronous=False)
+            self._committed.update(moved)
 
     def _forget_dirty(self, epoch: int) -> None:
         for tables in self.tables.values():
@@ -694,8 +708,6 @@ class RdkafkaWorker:
     # ---- commits ------------------------------------------------------------------------------
 
     def _commit(self) -> None:
-        if not self._next_offsets:
-            return
         if self.exactly_once:
             self._commit_transaction()
         else:
@@ -732,8 +744,7 @@ class RdkafkaWorker:
         done = self._epochs.ready()
         if done is not None:
             self._forget_dirty(done[0])
-            if done[1] and self.consumer is not None:
-                self.consumer.commit(offsets=_partitions(done[1]), asynchronous=False)
+            self._commit_offsets(done[1], asynchronous=False)
 
     # ---- rebalances ---------------------------------------------------------------------------
 
@@ -748,8 +759,11 @@ class RdkafkaWorker:
             clean = False
         numbers = {tp.partition for tp in partitions}
         self._close_tables(numbers, clean)
-        for key in [k for k in self._next_offsets if k[1] in numbers]:
-            del self._next_offsets[key]
+        # Offsets of partitions that may move must not be committed later, over a new owner's.
+        self._epochs.waiting.clear()
+        for offsets in (self._next_offsets, self._committed):
+            for key in [k for k in offsets if k[1] in numbers]:
+                del offsets[key]
         self._sweep = None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
