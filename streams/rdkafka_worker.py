@@ -391,8 +391,9 @@ class RdkafkaWorker:
             "session.timeout.ms": int(s.session_timeout_s * 1000),
             "heartbeat.interval.ms": int(s.heartbeat_interval_s * 1000),
             "max.poll.interval.ms": max(300_000, int(s.rebalance_timeout_s * 1000)),
-            # An empty fetch returns after 10 ms (the floor loop's setting); a record returns it at once.
-            "fetch.wait.max.ms": 10,
+            # Defaults as the floor loop's: a record returns a fetch at once, an empty one after 10 ms.
+            "fetch.min.bytes": s.consumer_fetch_min_bytes,
+            "fetch.wait.max.ms": s.consumer_fetch_max_wait_ms,
             "isolation.level": "read_committed" if self.exactly_once else "read_uncommitted",
         }
         if s.group_instance_id:

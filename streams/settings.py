@@ -139,6 +139,14 @@ class Settings(BaseSettings):
     )
     producer_acks: int = Field(default=-1, ge=-1, le=1, description="-1 = all replicas")
     commit_interval_s: float = Field(default=1.0, gt=0)
+    consumer_fetch_min_bytes: int = Field(
+        default=1,
+        ge=1,
+        description="rdkafka runtime: the broker answers a fetch once this much is there (or "
+        "after consumer_fetch_max_wait_ms). 1 = at once, lowest latency; more batches records "
+        "per fetch, fewer requests for the broker and fewer wake-ups for the worker.",
+    )
+    consumer_fetch_max_wait_ms: int = Field(default=10, ge=0)
     producer_client: Literal["librdkafka", "aiokafka"] = Field(
         default="librdkafka",
         description="Which client sends the worker's records (decisions, changelogs, ticks): "
