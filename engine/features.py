@@ -60,6 +60,31 @@ _OPEN_PRIOR: Final[float] = 0.2
 _TIER_KEYS: Final[dict[str, str]] = {tier: f"loyalty_{tier}" for tier in LOYALTY_TIERS}
 _TRIGGER_KEYS: Final[dict[str, str]] = {t: f"trigger_{t}" for t in TRIGGER_TYPES}
 _UTC: Final[ZoneInfo] = ZoneInfo("UTC")
+_NO_COUNTS: Final[Engagement] = (0, 0, 0, 0)
+# Engagement feature names, spelled once: per channel, (name, counter slot, prior pseudo-count).
+_RATE_KEYS: Final[tuple[tuple[str, tuple[tuple[str, int, float], ...]], ...]] = tuple(
+    (
+        channel,
+        tuple((f"{name}_rate_{channel}", slot, prior * _PRIOR_N) for name, slot, prior in _PRIOR),
+    )
+    for channel in (ALL_CHANNELS, *MESSAGE_CHANNELS)
+)
+_OPEN_RATE_KEYS: Final[tuple[str, ...]] = tuple(f"open_rate_{c}" for c in MESSAGE_CHANNELS)
+_CHANNEL_KEYS: Final[tuple[tuple[str, str], ...]] = tuple(
+    (f"open_share_{c}", f"open_best_{c}") for c in MESSAGE_CHANNELS
+)
+# The one-hot blocks of each tier and trigger type (None: unknown), built once per value.
+_TIER_ONE_HOT: Final[dict[str | None, dict[str, float]]] = {
+    tier_key: {key: 1.0 if key == tier_key else 0.0 for key in _TIER_KEYS.values()}
+    for tier_key in (*_TIER_KEYS.values(), None)
+}
+_TRIGGER_ONE_HOT: Final[dict[str | None, dict[str, float]]] = {
+    trigger_key: {
+        **{key: 1.0 if key == trigger_key else 0.0 for key in _TRIGGER_KEYS.values()},
+        "trigger_other": 0.0 if trigger_key else 1.0,
+    }
+    for trigger_key in (*_TRIGGER_KEYS.values(), None)
+}
 
 
 @lru_cache(maxsize=1024)
@@ -80,7 +105,10 @@ def _log_scaled(value: float, scale: float) -> float:
 
 def _days_since(now_s: float, then: float | None) -> float:
     """Non-negative days between then and now."""
-    return max(0.0, (now_s - then) / _DAY) if then is not None else 0.0
+    if then is None:
+        return 0.0
+    days = (now_s - then) / _DAY
+    return days if days > 0.0 else 0.0  # max(0.0, days), NaN included
 
 
 def channel_best_probabilities(counts: list[Engagement]) -> list[float]:
@@ -186,24 +214,27 @@ def features(state: CustomerState, trigger: Trigger, now: datetime) -> dict[str,
     out["weekday_sin"] = math.sin(weekday)
     out["weekday_cos"] = math.cos(weekday)
     # Engagement: smoothed rates overall and per message channel, and message volume.
+    # (Comparisons below spell out max(x, 0) / min(x, 1.0) without the builtins' call cost.)
     engagement = state.engagement
-    for channel in (ALL_CHANNELS, *MESSAGE_CHANNELS):
-        counts = engagement.get(channel, (0, 0, 0, 0))
-        sent = max(counts[SENT], 0)
-        for name, slot, prior in _PRIOR:
-            rate = (max(counts[slot], 0) + prior * _PRIOR_N) / (sent + _PRIOR_N)
-            out[f"{name}_rate_{channel}"] = min(rate, 1.0)
+    for channel, rates in _RATE_KEYS:
+        counts = engagement.get(channel, _NO_COUNTS)
+        sent = counts[SENT]
+        denom = (0 if sent < 0 else sent) + _PRIOR_N
+        for key, slot, pseudo in rates:
+            n = counts[slot]
+            rate = ((0 if n < 0 else n) + pseudo) / denom
+            out[key] = 1.0 if rate > 1.0 else rate
     # Which channel the customer reads: each channel's share of the smoothed open rates, and
     # the probability that it is the one they open most (see channel_best_probabilities).
-    opens = [out[f"open_rate_{channel}"] for channel in MESSAGE_CHANNELS]
+    opens = [out[key] for key in _OPEN_RATE_KEYS]
     total_open = sum(opens)
     best = channel_best_probabilities(
-        [engagement.get(channel, (0, 0, 0, 0)) for channel in MESSAGE_CHANNELS]
+        [engagement.get(channel, _NO_COUNTS) for channel in MESSAGE_CHANNELS]
     )
-    for channel, rate, p_best in zip(MESSAGE_CHANNELS, opens, best, strict=True):
-        out[f"open_share_{channel}"] = rate / total_open if total_open > 0.0 else 0.0
-        out[f"open_best_{channel}"] = p_best
-    out["messages_total"] = _log_scaled(engagement.get(ALL_CHANNELS, (0, 0, 0, 0))[SENT], 5.0)
+    for (share_key, best_key), rate, p_best in zip(_CHANNEL_KEYS, opens, best, strict=True):
+        out[share_key] = rate / total_open if total_open > 0.0 else 0.0
+        out[best_key] = p_best
+    out["messages_total"] = _log_scaled(engagement.get(ALL_CHANNELS, _NO_COUNTS)[SENT], 5.0)
     # Fatigue: messages in the last day and week.
     day_ago, week_ago = now_s - _DAY, now_s - 7 * _DAY
     last_day = last_week = 0
@@ -216,24 +247,26 @@ def features(state: CustomerState, trigger: Trigger, now: datetime) -> dict[str,
     out["fatigue_day"] = _log_scaled(last_day, 2.0)
     out["fatigue_week"] = _log_scaled(last_week, 3.0)
     # Loyalty tier one-hot (an unknown explicit tier sets none of them).
-    tier_key = _TIER_KEYS.get(loyalty_tier(state))
-    for key in _TIER_KEYS.values():
-        out[key] = 1.0 if key == tier_key else 0.0
-    # Trigger type one-hot, explicit flag, age.
-    trigger_key = _TRIGGER_KEYS.get(trigger.type)
-    for key in _TRIGGER_KEYS.values():
-        out[key] = 1.0 if key == trigger_key else 0.0
-    out["trigger_other"] = 0.0 if trigger_key else 1.0
+    out.update(_TIER_ONE_HOT[_TIER_KEYS.get(loyalty_tier(state))])
+    # Trigger type one-hot (trigger_other for the rest), explicit flag, age.
+    out.update(_TRIGGER_ONE_HOT[_TRIGGER_KEYS.get(trigger.type)])
     out["trigger_explicit"] = 1.0 if trigger.explicit else 0.0
-    age_min = max(0.0, (now - trigger.ts).total_seconds() / 60.0)
-    out["trigger_age"] = _log_scaled(age_min, 10.0)
+    age_min = (now - trigger.ts).total_seconds() / 60.0
+    out["trigger_age"] = _log_scaled(age_min if age_min > 0.0 else 0.0, 10.0)
     # Guarantee finite, bounded values whatever the state holds (e.g. corrupt or extreme numbers).
+    limit = FEATURE_LIMIT
     for key, v in out.items():
-        if not -FEATURE_LIMIT <= v <= FEATURE_LIMIT:
-            out[key] = 0.0 if v != v else math.copysign(FEATURE_LIMIT, v)
+        if not -limit <= v <= limit:
+            out[key] = 0.0 if v != v else math.copysign(limit, v)
     return out
 
 
 def model_view(feats: dict[str, float]) -> dict[str, float]:
-    """The features without the raw (unscaled) ones, for models that want only scaled inputs."""
-    return {k: v for k, v in feats.items() if k not in RAW_FEATURES}
+    """The features without the raw (unscaled) ones, for models that want only scaled inputs.
+
+    A copy with the few raw keys deleted: same order as filtering every key, a fraction of the cost.
+    """
+    out = dict(feats)
+    for key in RAW_FEATURES:
+        out.pop(key, None)
+    return out
