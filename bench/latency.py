@@ -510,25 +510,22 @@ def render(run: Run, args: argparse.Namespace) -> str:
 
 # Written from the profile and CPU figures of the run that produced the tables; revise on rerun.
 LIMITS_TEXT = """
-**CPU, in Faust's per-record machinery, on a slower machine.** This run is on an Intel Xeon
-(2 cores); the tables before 2026-12-01 were on an AMD EPYC, where the bare Faust agent drained
-~5,350 events/s against ~4,330 here and Kairos ~4,100 against ~2,780 here. At 500 triggers/s the
-worker decides in ~4.7 ms (p50, p99 9.8 ms). At 1,000/s it is busy ~90% of a core (CPU system
-column), so decisions queue behind each other and the tail grows with every hiccup: p99 ~260 ms.
-The backlog table gives each system's ceiling on the same records: Kairos needs ~380 µs of CPU per
-mixed event against the bare Faust agent's ~200 (no tables, no decision) and the bare
-confluent-kafka loop's 3. At fixed low rates Faust's cost per record is far higher than in the
-backlog (the bare agent burns 63% of a core at 500/s, ~1.3 ms per record), because each fetch
-brings one or two records and every fetch pays Faust's thread hand-over and stream machinery; a
-larger fetch batch (64 KiB or 3 ms) cut that CPU by a sixth at 500/s but fell behind at 1,000
-triggers/s, so it was not kept. The profile attributes ~45% of the busy samples to Faust/mode
-stream machinery, ~11% to RocksDB through Faust's store, ~17% to `streams/` (librdkafka
-`produce()` included) and under 10% to the decision itself (`engine.decide`; features are cached
-since 2026-12-01). **Missed:** p99 under 10 ms at 1,000 triggers/s and 5,000 mixed events/s. The
-bare Faust agent alone is near 10 ms p99 at 1,000/s and below 5,000/s here, so neither goal is
-reachable by making the decision cheaper; they need less per-record framework work than Faust's
-aiokafka path does (a partition's records handled as a batch per table read and write, or a
-worker on librdkafka's consumer), which is a change of ARCHITECTURE.md's Faust-agent design.
+**Two runtimes, one machine.** Since 2026-12-01 the default worker is the rdkafka runtime (one
+confluent-kafka loop, streams/rdkafka_worker.py); "Kairos on Faust" is the same processor on
+Faust agents (`KAIROS_RUNTIME=faust`). This run is on an AMD EPYC (2 cores) that was slower than on
+earlier days: the bare confluent-kafka loop itself has a 13.8 ms p99 at 1,000/s with the broker at
+70% of a core. **Backlog:** the rdkafka worker drains 5,434 mixed events/s at 188 µs of CPU per
+event, 3.3x the Faust runtime (1,633/s at 665 µs) and above even the bare Faust pass-through
+agent (2,909/s). **Paced load is harder than the backlog:** at 500 triggers/s the rdkafka worker's
+p99 is 15 ms (Faust runtime 58 ms). At 1,000 triggers/s it falls behind by a few hundred ms (p99
+248 ms; Faust runtime 7 s), and on the mixed stream it keeps up at 1,000 events/s, not 2,000. Two
+reasons, measured apart from Kafka: a `cart_abandoned` decision costs 183 µs of CPU in a tight loop
+but 416 µs when events arrive 1.4 ms apart (`time.thread_time` around `Processor.on_event`, caches
+cold between records), and the broker needs 56-74% of one of the two cores at these rates. At
+1,000 triggers/s the broker, the worker, the load generator and the reader use ~87% of both cores,
+so records queue. **Missed:** p99 under 10 ms at 1,000 triggers/s, within 2x of the bare loop, and
+5,000 mixed events/s paced (the backlog rate passes it). What would move it: a cheaper decision
+(pure Python, ~60% of the worker's CPU at trigger-heavy load), and a broker on cores of its own.
 """
 
 

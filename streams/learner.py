@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from confluent_kafka import (
@@ -110,6 +111,7 @@ def run_learner(
     last_publish = time.monotonic()
     last_reward = time.monotonic()
     published: dict[str, int] = {name: r.bandit.version for name, r in runtimes.items()}
+    recent = RecentIds(RECENT_REWARDS)
     try:
         while max_idle_s is None or time.monotonic() - last_reward < max_idle_s:
             message = consumer.poll(0.2)
@@ -120,8 +122,8 @@ def run_learner(
                     log.warning("skipping unreadable reward: %s", exc.reason)
                 else:
                     runtime = runtimes.get(record.decision.campaign)
-                    if runtime is not None:  # holdouts teach uplift baselines (engine.decide)
-                        runtime.learn(record)
+                    if recent.first_time(record.decision.decision_id) and runtime is not None:
+                        runtime.learn(record)  # holdouts teach uplift baselines (engine.decide)
                 last_reward = time.monotonic()
             elif message is not None:
                 error = message.error()
@@ -138,6 +140,29 @@ def run_learner(
         _commit(consumer)
         consumer.close()
     return {name: r.bandit.version for name, r in runtimes.items()}
+
+
+#: Decision ids the learner remembers to drop repeated reward records (see RecentIds).
+RECENT_REWARDS = 200_000
+
+
+class RecentIds:
+    """The last `size` ids seen: a worker at least once may send a reward record twice (it resends
+    what a crash may have caught in its producer), and a decision must teach its model once."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, item: str) -> bool:
+        """True the first time `item` is seen among the last `size` ids."""
+        if item in self._seen:
+            self._seen.move_to_end(item)
+            return False
+        self._seen[item] = None
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return True
 
 
 def _commit(consumer: Consumer) -> None:

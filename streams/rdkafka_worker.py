@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import rocksdict
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -186,42 +187,71 @@ def _write_atomically(path: Path, data: dict[str, Any]) -> None:
     partial.replace(path)
 
 
-#: Keys of the dirty index: commit epoch, table tag, customer key (see DirtyRows).
+#: Keys of the unacknowledged-writes index: commit epoch, kind tag, then the customer key (rows)
+#: or a sequence number (output records). See UnackedWrites.
 _EPOCH = struct.Struct(">Q")
+_SEQ = struct.Struct(">Q")
 _TABLE_TAGS = {"customers": b"c", "pending": b"p"}
 _TAG_TABLES = {tag: table for table, tag in _TABLE_TAGS.items()}
+_OUTPUT_TAG = b"o"
+_output_encoder = msgspec.msgpack.Encoder()
+_output_decoder = msgspec.msgpack.Decoder(tuple[str, bytes, bytes, list[tuple[str, bytes]]])
 
 
-class DirtyRows:
-    """Rows written locally whose changelog record may not be acknowledged yet (at least once).
+class UnackedWrites:
+    """What a worker wrote whose Kafka record may not be acknowledged yet (at least once).
 
-    A crash can lose a changelog record still in the producer while its RocksDB write survives.
-    The replayed source record then finds its effect in the row and is skipped, so the
-    changelog would miss that row version for good. Each row write is noted here under its
-    commit epoch and forgotten once the epoch is acknowledged; after a crash the rows still
-    noted are sent to the changelog again, from the local tables.
+    A crash can lose records still in the producer while the RocksDB writes that go with them
+    survive: a changelog record (the replayed source record then finds its effect in the row and
+    is skipped, so the changelog would miss that row version for good), or an output record (a
+    decision, or a reward: the replayed outcome is then a duplicate, and the reward would never
+    be sent). Each row write and each output record is noted here under its commit epoch, in the
+    same RocksDB write-ahead log as the rows, and forgotten once the epoch is acknowledged. After a
+    crash whose tables are kept, the rows still noted go to the changelog again (from the local
+    tables) and the output records are sent again, byte-identical (downstream drops repeats by id).
     """
 
     def __init__(self, root: Path, partition: int, options: rocksdict.Options) -> None:
-        self.path = root / f"dirty-{partition}.db"
+        self.path = root / f"unacked-{partition}.db"
         self.db = rocksdict.Rdict(str(self.path), options)
+        self._seq = 0
 
-    def note(self, epoch: int, table: str, key: bytes) -> None:
+    def note_row(self, epoch: int, table: str, key: bytes) -> None:
         """A row of `table` was written in `epoch`."""
         self.db.put(_EPOCH.pack(epoch) + _TABLE_TAGS[table] + key, b"")
+
+    def note_output(
+        self, epoch: int, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """An output record was produced in `epoch`."""
+        self._seq += 1
+        self.db.put(
+            _EPOCH.pack(epoch) + _OUTPUT_TAG + _SEQ.pack(self._seq),
+            _output_encoder.encode((topic, key, value, headers)),
+        )
 
     def forget_through(self, epoch: int) -> None:
         """Every record of epochs up to `epoch` is acknowledged."""
         self.db.delete_range(_EPOCH.pack(0), _EPOCH.pack(epoch + 1))
 
-    def noted(self) -> set[tuple[str, bytes]]:
+    def rows(self) -> set[tuple[str, bytes]]:
         """(table, key) of every row still noted, whatever its epoch."""
         rows: set[tuple[str, bytes]] = set()
         for raw in self.db.keys():  # noqa: SIM118 (an Rdict, not a dict)
-            if isinstance(raw, bytes) and len(raw) > _EPOCH.size:
-                tag = raw[_EPOCH.size : _EPOCH.size + 1]
+            if not isinstance(raw, bytes):
+                continue
+            tag = raw[_EPOCH.size : _EPOCH.size + 1]
+            if tag in _TAG_TABLES:
                 rows.add((_TAG_TABLES[tag], raw[_EPOCH.size + 1 :]))
         return rows
+
+    def outputs(self) -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:
+        """Every output record still noted, in the order produced (epoch, then sequence)."""
+        found = []
+        for raw, value in self.db.items():
+            if isinstance(raw, bytes) and raw[_EPOCH.size : _EPOCH.size + 1] == _OUTPUT_TAG:
+                found.append(_output_decoder.decode(value))
+        return found
 
     def clear(self) -> None:
         """Forget everything (the tables were rebuilt from the changelog)."""
@@ -235,12 +265,12 @@ class DirtyRows:
 
 @dataclass
 class PartitionTables:
-    """The customers and pending tables of one partition number, and its dirty-row index."""
+    """The customers and pending tables of one partition number, and its unacknowledged writes."""
 
     partition: int
     customers: TableStore
     pending: TableStore
-    dirty: DirtyRows | None = None
+    unacked: UnackedWrites | None = None
 
     def stores(self) -> tuple[TableStore, TableStore]:
         """Both stores, in TABLES order."""
@@ -272,7 +302,7 @@ class _CommitEpochs:
     """Records produced per commit epoch, and the offsets each epoch may commit once acknowledged."""
 
     #: Epoch numbers start at the start time in ms and count up once per commit, so a restarted
-    #: worker's epochs are above its predecessor's (DirtyRows keys sort by epoch).
+    #: worker's epochs are above its predecessor's (UnackedWrites keys sort by epoch).
     current: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
     unacked: dict[int, int] = field(default_factory=dict)
     waiting: deque[tuple[int, dict[tuple[str, int], int]]] = field(default_factory=deque)
@@ -516,7 +546,7 @@ class RdkafkaWorker:
         if not self.exactly_once:
             done = self._epochs.ready()
             if done is not None:
-                self._forget_dirty(done[0])
+                self._forget_unacked(done[0])
                 self._commit_offsets(done[1], asynchronous=True)
 
     def _commit_offsets(self, offsets: dict[tuple[str, int], int], asynchronous: bool) -> None:
@@ -529,10 +559,10 @@ class RdkafkaWorker:
                 self.consumer.commit(offsets=_partitions(moved), asynchronous=False)
             self._committed.update(moved)
 
-    def _forget_dirty(self, epoch: int) -> None:
+    def _forget_unacked(self, epoch: int) -> None:
         for tables in self.tables.values():
-            if tables.dirty is not None:
-                tables.dirty.forget_through(epoch)
+            if tables.unacked is not None:
+                tables.unacked.forget_through(epoch)
 
     def _handle(self, message: Message) -> None:
         error = message.error()
@@ -606,8 +636,8 @@ class RdkafkaWorker:
         self, tables: PartitionTables, table: str, key: bytes, value: bytes | None
     ) -> None:
         """Mirror a row write (None: a delete) to the table's changelog partition."""
-        if tables.dirty is not None:
-            tables.dirty.note(self._epochs.current, table, key)
+        if tables.unacked is not None:
+            tables.unacked.note_row(self._epochs.current, table, key)
         self._produce(
             self._changelogs[table], key, value, tables.partition, headers=self._writer_header
         )
@@ -644,7 +674,12 @@ class RdkafkaWorker:
                     pending.db.put(key, result.pending)
                     self._changelog(tables, "pending", key, result.pending)
                 self.timers.schedule(customer_id, result.next_due)
+        unacked = tables.unacked
         for out in result.outputs:
+            if unacked is not None:
+                unacked.note_output(
+                    self._epochs.current, out.topic, out.key, out.value, out.headers
+                )
             self._produce(out.topic, out.key, out.value, headers=out.headers)
 
     # ---- timers and retention -----------------------------------------------------------------
@@ -744,7 +779,7 @@ class RdkafkaWorker:
         self._epochs.close_epoch(self._next_offsets)
         done = self._epochs.ready()
         if done is not None:
-            self._forget_dirty(done[0])
+            self._forget_unacked(done[0])
             self._commit_offsets(done[1], asynchronous=False)
 
     # ---- rebalances ---------------------------------------------------------------------------
@@ -778,14 +813,14 @@ class RdkafkaWorker:
                 p,
                 TableStore(self.root, TABLES[0], p, self._options, keep_crashed),
                 TableStore(self.root, TABLES[1], p, self._options, keep_crashed),
-                DirtyRows(self.root, p, self._options) if keep_crashed else None,
+                UnackedWrites(self.root, p, self._options) if keep_crashed else None,
             )
             for p in numbers
         }
         restored, kept = self._recover(opened)
         with self.tables_lock:
             self.tables.update(opened)
-        resent = self._resend_dirty(opened, kept)
+        resent = self._resend_unacked(opened, kept)
         self._rebuild_timers()
         log.info(
             "partitions assigned",
@@ -793,7 +828,8 @@ class RdkafkaWorker:
                 "partitions": numbers,
                 "changelog_records": restored,
                 "kept_after_crash": sorted(f"{table}-{p}" for table, p in kept),
-                "rows_resent_to_changelog": resent,
+                "rows_resent_to_changelog": resent["rows"],
+                "outputs_resent": resent["outputs"],
                 "recovery_s": round(time.perf_counter() - started, 3),
             },
         )
@@ -808,22 +844,29 @@ class RdkafkaWorker:
         self.ready = True
         self.metrics.set_state("running")
 
-    def _resend_dirty(self, opened: dict[int, PartitionTables], kept: set[tuple[str, int]]) -> int:
-        """After a crash, send the rows whose changelog record may have been lost, again."""
-        resent = 0
+    def _resend_unacked(
+        self, opened: dict[int, PartitionTables], kept: set[tuple[str, int]]
+    ) -> dict[str, int]:
+        """After a crash, send again what may have been lost in the producer (UnackedWrites)."""
+        resent = {"rows": 0, "outputs": 0}
         for p, tables in opened.items():
-            if tables.dirty is None:
+            unacked = tables.unacked
+            if unacked is None:
                 continue
-            noted = tables.dirty.noted()
             if not any((table, p) in kept for table in TABLES):
-                tables.dirty.clear()  # rebuilt from the changelog: nothing local to resend
+                unacked.clear()  # rebuilt from the changelog: the replay redoes the work
                 continue
-            for table, key in sorted(noted):
+            rows, outputs = unacked.rows(), unacked.outputs()
+            for table, key in sorted(rows):
                 if (table, p) not in kept:
                     continue
                 value = tables.store(table).db.get(key)
                 self._changelog(tables, table, key, value if isinstance(value, bytes) else None)
-                resent += 1
+                resent["rows"] += 1
+            for topic, key, value, headers in outputs:
+                unacked.note_output(self._epochs.current, topic, key, value, headers)
+                self._produce(topic, key, value, headers=headers)
+                resent["outputs"] += 1
         return resent
 
     def _close_tables(self, numbers: set[int], clean: bool) -> None:
@@ -835,8 +878,8 @@ class RdkafkaWorker:
                     continue
                 for store in tables.stores():
                     store.close(ends.get((store.table, p)))
-                if tables.dirty is not None:
-                    tables.dirty.close()
+                if tables.unacked is not None:
+                    tables.unacked.close()
         self.timers.clear()
         self._rebuild_timers()
 
@@ -863,7 +906,7 @@ class RdkafkaWorker:
         partition moved meanwhile). A store left by a crash at least once is kept as it is if
         every changelog record since its owner marker was written by that crashed incarnation
         (the local rows are then as new as the changelog, or newer: their lost records are
-        resent by _resend_dirty); otherwise, and in every other case, it is rebuilt from the
+        resent by _resend_unacked); otherwise, and in every other case, it is rebuilt from the
         changelog's start. Returns the records applied and the (table, partition) kept.
         """
         kept: set[tuple[str, int]] = set()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from streams.learner import RecentIds
 from streams.rdkafka_worker import (
-    DirtyRows,
     TableStore,
+    UnackedWrites,
     _CommitEpochs,
     _store_options,
     partition_of,
@@ -118,16 +119,33 @@ def test_at_least_once_a_crashed_store_is_kept_with_its_owner_for_recovery_to_ch
     reopened.close(changelog_offset=None)
 
 
-def test_dirty_rows_are_forgotten_once_their_epoch_and_every_earlier_one_is_acknowledged(
+def test_unacked_writes_are_forgotten_once_their_epoch_and_every_earlier_one_is_acknowledged(
     tmp_path: Path,
 ) -> None:
-    dirty = DirtyRows(tmp_path, 0, _store_options(Settings()))
-    dirty.note(100, "customers", b"c1")
-    dirty.note(101, "pending", b"c1")
-    dirty.note(102, "customers", b"c2")
-    dirty.forget_through(101)
-    assert dirty.noted() == {("customers", b"c2")}
-    dirty.note(103, "pending", b"c3")
-    dirty.clear()
-    assert dirty.noted() == set()
-    dirty.close()
+    unacked = UnackedWrites(tmp_path, 0, _store_options(Settings()))
+    unacked.note_row(100, "customers", b"c1")
+    unacked.note_output(100, "decisions", b"c1", b"d1", [])
+    unacked.note_row(101, "pending", b"c1")
+    unacked.note_row(102, "customers", b"c2")
+    unacked.note_output(102, "rewards", b"c2", b"r2", [("h", b"v")])
+    unacked.note_output(102, "decisions", b"c2", b"d2", [])
+    unacked.forget_through(101)
+    assert unacked.rows() == {("customers", b"c2")}
+    # Outputs come back in the order they were produced, byte-identical.
+    assert unacked.outputs() == [
+        ("rewards", b"c2", b"r2", [("h", b"v")]),
+        ("decisions", b"c2", b"d2", []),
+    ]
+    unacked.clear()
+    assert unacked.rows() == set()
+    assert unacked.outputs() == []
+    unacked.close()
+
+
+def test_the_learner_drops_a_repeated_reward_record_but_forgets_old_ids() -> None:
+    recent = RecentIds(2)
+    assert recent.first_time("d1")
+    assert not recent.first_time("d1")  # a resend after a crash: learned once
+    assert recent.first_time("d2")
+    assert recent.first_time("d3")  # d1 is now beyond the window
+    assert recent.first_time("d1")

@@ -295,14 +295,22 @@ def _differing_fields(bodies: list[bytes]) -> dict[str, list[object]]:
 
 
 @pytest.mark.parametrize(
-    "guarantee",
-    ["at_least_once", "exactly_once"],
+    ("runtime", "guarantee"),
+    [
+        ("rdkafka", "at_least_once"),
+        ("rdkafka", "exactly_once"),
+        ("faust", "at_least_once"),
+        ("faust", "exactly_once"),
+    ],
 )
 def test_repeated_sigkills_lose_no_state_and_decide_each_trigger_once(
-    settings: Settings, tmp_path: Path, guarantee: str
+    settings: Settings, tmp_path: Path, runtime: str, guarantee: str
 ) -> None:
+    # The Faust runtime at least once can lose a reward caught in its producer (README).
+    lossless = runtime == "rdkafka" or guarantee == "exactly_once"
     settings = settings.model_copy(
         update={
+            "runtime": runtime,
             "processing_guarantee": guarantee,
             "group_instance_id": "kairos-crash-0",
             "cart_abandon_after_s": 7200.0,
@@ -360,11 +368,12 @@ def test_repeated_sigkills_lose_no_state_and_decide_each_trigger_once(
         def all_rewarded(records: list[dict[str, Any]]) -> bool:
             return set(answered) <= {r["decision"]["decision_id"] for r in records}
 
-        if guarantee == "exactly_once":
+        if lossless:
             rewards.until(all_rewarded, 120)
         else:
-            # At least once, a reward record still lingering in the producer when the worker
-            # is killed is lost (README, known gap: seen 2 of 6,163 in one CI run of about 8).
+            # The Faust runtime at least once: a reward record still lingering in the producer
+            # when the worker is killed is lost (README, known gap: seen 2 of 6,163 in one CI
+            # run of about 8).
             with contextlib.suppress(AssertionError):
                 rewards.until(all_rewarded, 60)
         views = {cid: customer_view(worker, cid)["state"] for cid in reference}
@@ -401,13 +410,21 @@ def test_repeated_sigkills_lose_no_state_and_decide_each_trigger_once(
             assert len(bodies) == 1, key  # and under exactly-once, no redelivery at all
     # No decision was rewarded twice (exactly-once: each answered one exactly once), and each
     # conversion was counted once in the customer's engagement.
-    per_decision: dict[str, list[float]] = {}
+    per_decision: dict[str, list[bytes]] = {}
     for r in rewards.records:
-        per_decision.setdefault(r["decision"]["decision_id"], []).append(r["reward"])
+        per_decision.setdefault(r["decision"]["decision_id"], []).append(
+            orjson.dumps(r, option=orjson.OPT_SORT_KEYS)
+        )
     assert set(per_decision) <= set(answered)
+    # None lost: a reward caught in the producer by the crash is sent again (the rdkafka
+    # runtime's index of unacknowledged writes), at least once as well as exactly once.
+    lost = set(answered) - set(per_decision)
+    if lossless:
+        assert not lost, (len(lost), len(answered), sorted(lost)[:3])
     if guarantee == "exactly_once":
-        assert set(per_decision) == set(answered)  # none lost
-    twice = {did: values for did, values in per_decision.items() if len(values) != 1}
+        twice = {did: len(bodies) for did, bodies in per_decision.items() if len(bodies) != 1}
+    else:  # at least once a resend may repeat a reward, byte-identical (dropped by id downstream)
+        twice = {did: len(set(b)) for did, b in per_decision.items() if len(set(b)) != 1}
     assert not twice, (len(twice), sorted(twice.items())[:3])
     conversions: dict[str, int] = {}
     for cid in answered.values():

@@ -80,8 +80,9 @@ def test_idle_customers_are_removed_and_the_removal_survives_a_changelog_restore
     # cache and 3 x 64 MiB write buffers per partition): RocksDB records what it opened with.
     options = sorted(settings.data_dir.rglob("OPTIONS-*"))
     tables = {path.parent.name.split("-")[0] for path in options}
-    # (The rdkafka runtime's dirty-row index is a RocksDB database too, bounded the same way.)
-    assert {"customers", "pending"} <= tables <= {"customers", "pending", "dirty"}, options
+    # (The rdkafka runtime's index of unacknowledged writes is a RocksDB database too, bounded
+    # the same way.)
+    assert {"customers", "pending"} <= tables <= {"customers", "pending", "unacked"}, options
     for path in options:
         text = path.read_text()
         assert f"write_buffer_size={settings.rocksdb_write_buffer_mib * 1024 * 1024}\n" in text
