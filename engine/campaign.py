@@ -227,6 +227,51 @@ class ExplorationSpec:
     params: Mapping[str, float | int] = field(default_factory=dict)
 
 
+class _EligibilityTable:
+    """Every action's eligibility from one evaluation of each distinct rule.
+
+    Arms share rules (all discount_10 arms: `cart_value >= 30`), so a decision evaluates each
+    distinct rule once and looks the outcome up: the eligible and ineligible ids for that pattern
+    of rule results are computed on first sight and kept (at most MAX_PATTERNS of them).
+    """
+
+    MAX_PATTERNS = 4096
+
+    __slots__ = ("_actions", "_by_pattern", "_rule_indices", "_rules")
+
+    def __init__(self, actions: tuple[Action, ...]) -> None:
+        """Collect the distinct rules of the messaging actions and each action's rule positions."""
+        rules: dict[Rule, int] = {}
+        for action in actions:
+            if action.is_message:
+                for rule in action.rules:
+                    rules.setdefault(rule, len(rules))
+        self._actions = actions
+        self._rules: tuple[Rule, ...] = tuple(rules)
+        # None: always eligible (no-action and other non-messages, whatever their rules).
+        self._rule_indices: tuple[tuple[int, ...] | None, ...] = tuple(
+            tuple(rules[rule] for rule in action.rules) if action.is_message else None
+            for action in actions
+        )
+        self._by_pattern: dict[tuple[bool, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+    def split(self, features: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Return (eligible ids, ineligible ids), each in action order (see Campaign.eligibility)."""
+        pattern = tuple([rule.holds(features) for rule in self._rules])
+        known = self._by_pattern.get(pattern)
+        if known is not None:
+            return known
+        eligible = tuple(
+            action.id
+            for action, indices in zip(self._actions, self._rule_indices, strict=True)
+            if indices is None or all(pattern[i] for i in indices)
+        )
+        ineligible = tuple(a.id for a in self._actions if a.id not in eligible)
+        if len(self._by_pattern) < self.MAX_PATTERNS:
+            self._by_pattern[pattern] = (eligible, ineligible)
+        return eligible, ineligible
+
+
 @dataclass(frozen=True, slots=True)
 class Campaign:
     """A validated campaign: everything decide() and the reward join need."""
@@ -254,6 +299,18 @@ class Campaign:
     model_scale: str = ""
     """Factored model: a feature name template such as "open_best_{channel}"; each message's
     blocks get a twin scaled by that feature of the action's dimension values ("" for none)."""
+    _by_id: dict[str, Action] = field(init=False, repr=False, compare=False)
+    _action_ids: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _eligibility: _EligibilityTable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Derive the per-decision lookups once (not compared, not shown, rebuilt by replace)."""
+        by_id: dict[str, Action] = {}
+        for action in self.actions:
+            by_id.setdefault(action.id, action)  # the first arm of an id, as action() finds it
+        object.__setattr__(self, "_by_id", by_id)
+        object.__setattr__(self, "_action_ids", tuple(action.id for action in self.actions))
+        object.__setattr__(self, "_eligibility", _EligibilityTable(self.actions))
 
     def scale_feature(self, action: Action) -> str | None:
         """The model_scale feature of one message action (None without model_scale)."""
@@ -281,7 +338,7 @@ class Campaign:
     @property
     def action_ids(self) -> tuple[str, ...]:
         """Return every arm's id, no-action first."""
-        return tuple(action.id for action in self.actions)
+        return self._action_ids
 
     @property
     def no_action(self) -> Action:
@@ -290,10 +347,15 @@ class Campaign:
 
     def action(self, action_id: str) -> Action:
         """Return the arm with this id (KeyError if the campaign has none)."""
-        for action in self.actions:
-            if action.id == action_id:
-                return action
-        raise KeyError(action_id)
+        return self._by_id[action_id]
+
+    def eligibility(self, features: Mapping[str, float]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Split the arm ids into (eligible, ineligible) for these features, in action order.
+
+        The same as `Action.eligible` for every messaging arm (non-messages, no-action among
+        them, are always eligible), with each distinct rule evaluated once.
+        """
+        return self._eligibility.split(features)
 
     def costs(self) -> dict[str, float]:
         """Return the cost of every arm by id."""

@@ -92,8 +92,7 @@ def decide_traced(
     # What the models see and later learn from: scaled inputs only, those the campaign names.
     context = campaign.model_context(model_view(raw))
 
-    eligible = [a.id for a in campaign.actions if not a.is_message or a.eligible(raw)]
-    ineligible = tuple(a.id for a in campaign.actions if a.id not in eligible)
+    eligible, ineligible = campaign.eligibility(raw)
     timezone = state.timezone
     rails = apply_guardrails(
         campaign,

@@ -66,7 +66,7 @@ def options_for(
 ) -> Options:
     """Features, eligibility, guardrails and holdout, exactly as engine.decide computes them."""
     raw = compute_features(state, trigger, now)
-    eligible = [a.id for a in campaign.actions if not a.is_message or a.eligible(raw)]
+    eligible, _ = campaign.eligibility(raw)
     rails = apply_guardrails(
         campaign,
         eligible,
