@@ -110,50 +110,134 @@ def send_time(campaign: Campaign, action: Action, now: datetime, timezone: str |
     return candidate.astimezone(UTC)
 
 
-def _send_local_hour(
-    campaign: Campaign, action: Action, now: datetime, timezone: str | None
-) -> int:
-    """Return the customer's local hour at which the action would be delivered."""
-    hour = campaign.slot_hours.get(action.slot)
-    if hour is not None and action.slot != IMMEDIATE_SLOT:
-        return hour
-    zone = customer_zone(timezone, campaign.guardrails.default_timezone)
-    return now.astimezone(zone).hour
+def _messages(sent: Iterable[SentEntry]) -> list[SentEntry]:
+    """The history entries that are real messages (is_message, inlined: one pass per decision)."""
+    return [entry for entry in sent if entry[1] != NO_CHANNEL and entry[2] != NO_ACTION_ID]
 
 
-def _cap_full(cap: Cap, channel: str, messages: Sequence[SentEntry], now_ts: float) -> bool:
-    """Tell whether one more message on `channel` would exceed the cap."""
-    if not cap.applies_to(channel):
-        return False
-    since = now_ts - cap.window_s
-    count = 0
-    for ts, sent_channel, _action, _campaign in messages:
-        if ts <= since:
-            continue
-        if cap.scope == "channel" and sent_channel != channel:
-            continue
-        count += 1
-    return count >= cap.max
+class _Checks:
+    """One guardrail pass over a customer's history at one moment, shared by every action checked.
 
+    The quiet-hours verdict depends only on the action's slot, the caps' only on its channel and
+    the cooldown's history scan not on the action at all: each is computed on first use and kept,
+    instead of once per action.
+    """
 
-def _cooling_down(
-    campaign: Campaign,
-    action: Action,
-    messages: Sequence[SentEntry],
-    now_ts: float,
-    last_sent: Mapping[str, float],
-) -> bool:
-    """Tell whether this campaign sent this action less than cooldown_s ago."""
-    cooldown = campaign.guardrails.cooldown_s
-    if cooldown <= 0:
-        return False
-    older = last_sent.get(action.id)
-    if older is not None and older > now_ts - cooldown:
-        return True
-    return any(
-        ts > now_ts - cooldown and action_id == action.id and name == campaign.name
-        for ts, _channel, action_id, name in messages
+    __slots__ = (
+        "_cap_reasons",
+        "_local_hour",
+        "_quiet",
+        "_recent",
+        "campaign",
+        "last_sent",
+        "messages",
+        "now",
+        "now_ts",
+        "timezone",
     )
+
+    def __init__(
+        self,
+        campaign: Campaign,
+        messages: Sequence[SentEntry],
+        now: datetime,
+        timezone: str | None,
+        last_sent: Mapping[str, float],
+    ) -> None:
+        """Keep the pass's inputs (messages: the history's real messages only)."""
+        self.campaign = campaign
+        self.messages = messages
+        self.now = now
+        self.now_ts = now.timestamp()
+        self.timezone = timezone
+        self.last_sent = last_sent
+        self._local_hour: int | None = None
+        self._quiet: dict[str, bool] = {}
+        self._cap_reasons: dict[str, str | None] = {}
+        self._recent: set[str] | None = None
+
+    def send_local_hour(self, action: Action) -> int:
+        """Return the customer's local hour at which the action would be delivered."""
+        hour = self.campaign.slot_hours.get(action.slot)
+        if hour is not None and action.slot != IMMEDIATE_SLOT:
+            return hour
+        if self._local_hour is None:
+            zone = customer_zone(self.timezone, self.campaign.guardrails.default_timezone)
+            self._local_hour = self.now.astimezone(zone).hour
+        return self._local_hour
+
+    def quiet(self, action: Action) -> bool:
+        """Tell whether the action would be delivered inside the quiet hours."""
+        verdict = self._quiet.get(action.slot)
+        if verdict is None:
+            quiet_hours = self.campaign.guardrails.quiet_hours
+            verdict = quiet_hours is not None and quiet_hours.contains(self.send_local_hour(action))
+            self._quiet[action.slot] = verdict
+        return verdict
+
+    def _cap_full(self, cap: Cap, channel: str) -> bool:
+        """Tell whether one more message on `channel` would exceed the cap."""
+        if not cap.applies_to(channel):
+            return False
+        since = self.now_ts - cap.window_s
+        count = 0
+        for ts, sent_channel, _action, _campaign in self.messages:
+            if ts <= since:
+                continue
+            if cap.scope == "channel" and sent_channel != channel:
+                continue
+            count += 1
+        return count >= cap.max
+
+    def cap_reason(self, channel: str) -> str | None:
+        """Name the first full cap for a message on this channel (overall caps first), if any."""
+        if channel in self._cap_reasons:
+            return self._cap_reasons[channel]
+        caps = self.campaign.guardrails.caps
+        reason = next(
+            (cap.name for cap in caps if cap.scope == "overall" and self._cap_full(cap, channel)),
+            None,
+        )
+        if reason is None:
+            reason = next(
+                (
+                    cap.name
+                    for cap in caps
+                    if cap.scope == "channel" and self._cap_full(cap, channel)
+                ),
+                None,
+            )
+        self._cap_reasons[channel] = reason
+        return reason
+
+    def cooling_down(self, action: Action) -> bool:
+        """Tell whether this campaign sent this action less than cooldown_s ago."""
+        cooldown = self.campaign.guardrails.cooldown_s
+        if cooldown <= 0:
+            return False
+        older = self.last_sent.get(action.id)
+        if older is not None and older > self.now_ts - cooldown:
+            return True
+        if self._recent is None:
+            since = self.now_ts - cooldown
+            name = self.campaign.name
+            self._recent = {
+                action_id
+                for ts, _channel, action_id, sender in self.messages
+                if ts > since and sender == name
+            }
+        return action.id in self._recent
+
+    def blocked(self, action: Action) -> str | None:
+        """Check one messaging action against the guardrails, in GUARDRAIL_ORDER."""
+        if self.quiet(action):
+            return "quiet_hours"
+        reason = self.cap_reason(action.channel)
+        if reason is not None:
+            return reason
+        if self.cooling_down(action):
+            return "cooldown"
+        return None
 
 
 def blocked_by(
@@ -170,34 +254,7 @@ def blocked_by(
         return None
     if action.channel in unsubscribed:
         return "unsubscribed"
-    messages = [entry for entry in sent if is_message(entry)]
-    return _blocked(campaign, action, messages, now, timezone, last_sent or {})
-
-
-def _blocked(
-    campaign: Campaign,
-    action: Action,
-    messages: Sequence[SentEntry],
-    now: datetime,
-    timezone: str | None,
-    last_sent: Mapping[str, float],
-) -> str | None:
-    """Check one messaging action against the guardrails, in GUARDRAIL_ORDER."""
-    rails = campaign.guardrails
-    now_ts = now.timestamp()
-    if rails.quiet_hours is not None and rails.quiet_hours.contains(
-        _send_local_hour(campaign, action, now, timezone)
-    ):
-        return "quiet_hours"
-    for cap in rails.caps:
-        if cap.scope == "overall" and _cap_full(cap, action.channel, messages, now_ts):
-            return cap.name
-    for cap in rails.caps:
-        if cap.scope == "channel" and _cap_full(cap, action.channel, messages, now_ts):
-            return cap.name
-    if _cooling_down(campaign, action, messages, now_ts, last_sent):
-        return "cooldown"
-    return None
+    return _Checks(campaign, _messages(sent), now, timezone, last_sent or {}).blocked(action)
 
 
 def apply_guardrails(
@@ -210,8 +267,7 @@ def apply_guardrails(
     unsubscribed: Collection[str] = (),
 ) -> GuardrailResult:
     """Filter eligible action ids by unsubscribes, quiet hours, caps, cooldown; no-action stays."""
-    messages = [entry for entry in sent if is_message(entry)]
-    older = last_sent or {}
+    checks = _Checks(campaign, _messages(sent), now, timezone, last_sent or {})
     allowed: list[str] = []
     removed: dict[str, str] = {}
     for action_id in action_ids:
@@ -221,7 +277,7 @@ def apply_guardrails(
         elif action.channel in unsubscribed:
             reason = "unsubscribed"
         else:
-            reason = _blocked(campaign, action, messages, now, timezone, older)
+            reason = checks.blocked(action)
         if reason is None:
             allowed.append(action_id)
         else:
