@@ -512,20 +512,25 @@ def render(run: Run, args: argparse.Namespace) -> str:
 LIMITS_TEXT = """
 **Two runtimes, one machine.** Since 2026-12-01 the default worker is the rdkafka runtime (one
 confluent-kafka loop, streams/rdkafka_worker.py); "Kairos on Faust" is the same processor on
-Faust agents (`KAIROS_RUNTIME=faust`). This run is on an AMD EPYC (2 cores) that was slower than on
-earlier days: the bare confluent-kafka loop itself has a 13.8 ms p99 at 1,000/s with the broker at
-70% of a core. **Backlog:** the rdkafka worker drains 5,434 mixed events/s at 188 µs of CPU per
-event, 3.3x the Faust runtime (1,633/s at 665 µs) and above even the bare Faust pass-through
-agent (2,909/s). **Paced load is harder than the backlog:** at 500 triggers/s the rdkafka worker's
-p99 is 15 ms (Faust runtime 58 ms). At 1,000 triggers/s it falls behind by a few hundred ms (p99
-248 ms; Faust runtime 7 s), and on the mixed stream it keeps up at 1,000 events/s, not 2,000. Two
-reasons, measured apart from Kafka: a `cart_abandoned` decision costs 183 µs of CPU in a tight loop
-but 416 µs when events arrive 1.4 ms apart (`time.thread_time` around `Processor.on_event`, caches
-cold between records), and the broker needs 56-74% of one of the two cores at these rates. At
-1,000 triggers/s the broker, the worker, the load generator and the reader use ~87% of both cores,
-so records queue. **Missed:** p99 under 10 ms at 1,000 triggers/s, within 2x of the bare loop, and
-5,000 mixed events/s paced (the backlog rate passes it). What would move it: a cheaper decision
-(pure Python, ~60% of the worker's CPU at trigger-heavy load), and a broker on cores of its own.
+Faust agents (`KAIROS_RUNTIME=faust`). This AMD EPYC (2 cores) was slower and noisier than on
+earlier days: the bare confluent-kafka loop itself has a 31.9 ms p99 at 1,000/s here, with the
+broker at 76% of a core (13.8 ms in a run an hour earlier). **Backlog:** the rdkafka worker drains
+7,065 mixed events/s at 149 µs of CPU per event: 3.8x the Faust runtime (1,883/s at 581 µs) and
+above even the bare Faust pass-through agent (2,881/s). **Paced load is harder than the
+backlog:** at 500 triggers/s the rdkafka worker's p99 is 27 ms (Faust runtime 110 ms); at 1,000
+triggers/s it falls behind (Faust runtime too, further), and on the mixed stream it keeps up at
+1,000 events/s, not 2,000 (the Faust runtime not at 1,000). At 2,000 mixed events/s the profile
+puts 69% of the worker's busy samples in the stream layer, mostly RocksDB reads and writes
+(`_Rows.state`/`pending`, `_apply`, `UnackedWrites.note_row`: ~30%, each write through the
+write-ahead log) and librdkafka's `produce()` (14%), and 19% in the decision itself. Measured apart
+from Kafka, a `cart_abandoned` decision costs about twice as much CPU when events arrive ~1 ms
+apart as in a tight loop (183 against 416 µs before the 2026-12-01 engine speed-up; caches cold
+between records), and the broker needs 57-76% of one of the two cores at these rates: the broker,
+the worker, the load generator and the reader keep both cores ~90% busy at 1,000 triggers/s.
+**Missed:** p99 under 10 ms at 1,000 triggers/s, within 2x of the bare loop, and 5,000 mixed
+events/s paced (the backlog rate passes it). What would move it: fewer RocksDB operations per
+record (one write batch per table and turn, rows cached in memory between writes), and a broker on
+cores of its own.
 """
 
 
