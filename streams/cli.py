@@ -29,8 +29,19 @@ RewardsLogOption = Annotated[
 
 
 def _settings(**overrides: object) -> Settings:
-    """Settings from the environment and KAIROS_CONFIG, with the command's options on top."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    """Settings from the environment and KAIROS_CONFIG, with the command's options on top.
+
+    Invalid settings end the command with one line per problem and exit code 2, not a traceback.
+    """
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = "__".join(str(part) for part in error["loc"]).upper()
+            typer.echo(f"invalid setting KAIROS_{where}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -48,12 +59,20 @@ def worker(
         int | None, typer.Option(help="Port of health, metrics and dashboard.")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warn or error.")] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(help="rdkafka (the default) or faust; KAIROS_RUNTIME. See the README."),
+    ] = None,
 ) -> None:
     """Run a worker: consume events and outcomes, decide, and learn, until stopped (SIGTERM/Ctrl-C)."""
     from streams.runner import run_worker
 
     settings = _settings(
-        campaigns=campaign or None, data_dir=data_dir, web_port=web_port, log_level=log_level
+        campaigns=campaign or None,
+        data_dir=data_dir,
+        web_port=web_port,
+        log_level=log_level,
+        runtime=runtime,
     )
     run_worker(settings)
 

@@ -88,3 +88,14 @@ def test_a_state_ttl_shorter_than_the_lapse_period_is_refused() -> None:
     with pytest.raises(ValidationError, match="state_ttl_days"):
         Settings(state_ttl_days=30.0, lapse_after_days=60.0)
     assert Settings(state_ttl_days=61.0, lapse_after_days=60.0).state_ttl_days == 61.0
+
+
+def test_an_invalid_setting_ends_a_command_with_one_line_and_exit_code_2() -> None:
+    from typer.testing import CliRunner
+
+    from streams.cli import app
+
+    result = CliRunner().invoke(app, ["worker", "--runtime", "nope"])
+    assert result.exit_code == 2
+    assert "invalid setting KAIROS_RUNTIME: Input should be 'rdkafka' or 'faust'" in result.output
+    assert "Traceback" not in result.output
