@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
+from prometheus_client.metrics import MetricWrapperBase
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
 
 # Trigger-to-decision latency buckets in seconds: sub-millisecond to seconds.
 LATENCY_BUCKETS = (
@@ -22,6 +27,27 @@ LATENCY_BUCKETS = (
     2.5,
     5.0,
 )
+
+
+class Children(Generic[_M]):
+    """A labelled metric's children by label values, kept: each labels() call costs microseconds.
+
+    Values are given positionally, in the metric's label-name order. The children are the
+    metric's own, so what is exported is unchanged; only remove()/clear() on the metric would
+    make a kept child stale, and no worker code calls them.
+    """
+
+    def __init__(self, metric: _M) -> None:
+        """Wrap `metric` (a labelled Counter, Gauge, Histogram or Summary)."""
+        self._metric = metric
+        self._children: dict[tuple[str, ...], _M] = {}
+
+    def __call__(self, *values: str) -> _M:
+        """The child for these label values, created by prometheus_client on first use."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class WorkerMetrics:

@@ -41,7 +41,7 @@ from schemas.codec import (
 from schemas.records import Decision, Outcome, RewardRecord, Trigger
 from streams.dead_letters import dead_letter_record
 from streams.logs import customer_ref
-from streams.metrics import WorkerMetrics
+from streams.metrics import Children, WorkerMetrics
 from streams.settings import Settings
 
 log = logging.getLogger("kairos.processor")
@@ -94,6 +94,27 @@ def decode_pending(data: bytes | None) -> PendingSet:
 
 
 _EMPTY_PENDING = encode_pending(PendingSet())
+
+
+class _OpenDeadline(msgspec.Struct, array_like=True):
+    """An open decision read for its deadline only: the decision stays undecoded bytes."""
+
+    decision: msgspec.Raw
+    deadline: float
+
+
+class _PendingDeadlines(msgspec.Struct, array_like=True):
+    """A pending row read for its open deadlines only (trailing fields are skipped)."""
+
+    open: list[_OpenDeadline] = []
+
+
+_deadlines_decoder = msgspec.msgpack.Decoder(_PendingDeadlines)
+
+
+def pending_deadlines(data: bytes | None) -> list[float]:
+    """The attribution deadlines of a pending row, without decoding its decisions (far cheaper)."""
+    return [] if not data else [o.deadline for o in _deadlines_decoder.decode(data).open]
 
 
 @dataclass
@@ -160,6 +181,23 @@ class Processor:
         self._on_learn = on_learn
         self._topics = settings.topics
         self.value_monitors = {name: PolicyValueMonitor() for name in self.runtimes}
+        # The event-age window as float seconds, computed once instead of per event.
+        self._max_event_past_s = timedelta(days=settings.max_event_age_days).total_seconds()
+        self._max_event_future_s = timedelta(seconds=settings.max_event_future_s).total_seconds()
+        # Children of the metrics counted on every record, by label values (same series).
+        m = self.metrics
+        self._events_in = Children(m.events_in)
+        self._outcomes_in = Children(m.outcomes_in)
+        self._duplicates = Children(m.duplicates)
+        self._triggers = Children(m.triggers)
+        self._decisions = Children(m.decisions)
+        self._rewards = Children(m.rewards)
+        self._reward_value = Children(m.reward_value)
+        self._policy_value = Children(m.policy_value)
+        self._min_propensity = Children(m.min_propensity)
+        self._policy_ess = Children(m.policy_ess)
+        self._model_updates = Children(m.model_updates)
+        self._model_version = Children(m.model_version)
 
     # ---- events -------------------------------------------------------------------------------
 
@@ -179,37 +217,36 @@ class Processor:
         now = self.clock.now()
         try:
             event = decode_event(raw)
-            check_time(
-                event.ts,
-                now,
-                timedelta(days=self.settings.max_event_age_days),
-                timedelta(seconds=self.settings.max_event_future_s),
-            )
+            check_time(event.ts, now, self._max_event_past_s, self._max_event_future_s)
         except RecordError as error:
             return self._dead_letter(raw, source, error)
         customer_id = event.customer_id
         if key is not None and key != customer_id.encode():
             return self._reroute(raw, source, customer_id)
-        self.metrics.events_in.labels(type=event.type).inc()
+        self._events_in(event.type).inc()
         prev, applied = decode_state_row(rows.state(customer_id))
         _, partition, offset = source
         if prev is not None and applied.partition == partition and offset <= applied.offset:
             # A redelivery after a crash: the state row already holds this record's effect.
             # Its decisions may not have left the producer before the crash: send them again.
-            self.metrics.duplicates.labels(kind="event_replay").inc()
+            self._duplicates("event_replay").inc()
             result = Result(customer_id)
             for item in decode_pending(rows.pending(customer_id)).open:
                 if item.decision.trigger_event_id == event.event_id:
                     self._resend(item.decision, result)
             return result
         if prev is not None and is_duplicate(prev, event.event_id):
-            self.metrics.duplicates.labels(kind="event").inc()
+            self._duplicates("event").inc()
             return Result(customer_id)
         state = apply(prev, event)
         triggers, state = detect(prev, state, event, self.trigger_config)
         pending_row = rows.pending(customer_id)
-        pending = decode_pending(pending_row)
         result = Result(customer_id, new_customer=prev is None)
+        if not triggers:
+            # Nothing to decide: the pending row is left as it is, only its deadlines are read.
+            self._finish_state(result, state, Applied(partition, offset), None)
+            return _add_due(result, pending_deadlines(pending_row))
+        pending = decode_pending(pending_row)
         state = self._decide_all(state, pending, triggers, now, result)
         return self._finish(result, state, pending, Applied(partition, offset), None, pending_row)
 
@@ -231,11 +268,11 @@ class Processor:
         customer_id = outcome.customer_id
         if key is not None and key != customer_id.encode():
             return self._reroute(raw, source, customer_id)
-        self.metrics.outcomes_in.labels(type=outcome.type).inc()
+        self._outcomes_in(outcome.type).inc()
         pending_row = rows.pending(customer_id)
         pending = decode_pending(pending_row)
         if outcome.outcome_id in pending.outcome_ids:
-            self.metrics.duplicates.labels(kind="outcome").inc()
+            self._duplicates("outcome").inc()
             return Result(customer_id)
         target = _find_open(pending, outcome)
         if target is None:
@@ -305,10 +342,8 @@ class Processor:
         runtime = self.runtimes.get(record.decision.campaign)
         if runtime is None or self.settings.learning != "local" or not runtime.learn(record):
             return
-        self.metrics.model_updates.labels(campaign=runtime.campaign.name).inc()
-        self.metrics.model_version.labels(campaign=runtime.campaign.name).set(
-            runtime.bandit.version
-        )
+        self._model_updates(runtime.campaign.name).inc()
+        self._model_version(runtime.campaign.name).set(runtime.bandit.version)
         if self._on_learn is not None:
             self._on_learn(runtime.campaign.name, record)
 
@@ -335,14 +370,14 @@ class Processor:
         result: Result,
     ) -> CustomerState:
         for trigger in triggers:
-            self.metrics.triggers.labels(type=trigger.type).inc()
+            self._triggers(trigger.type).inc()
             for runtime in self._by_trigger.get(trigger.type, ()):
                 did = decision_id(runtime.campaign.name, trigger.trigger_id)
                 made = next((o for o in pending.open if o.decision.decision_id == did), None)
                 if made is not None or did in pending.closed:
                     # Decided before (a replay whose state write was lost): never decide anew;
                     # send the open decision again in case it was lost with the state write.
-                    self.metrics.duplicates.labels(kind="decision").inc()
+                    self._duplicates("decision").inc()
                     if made is not None:
                         self._resend(made.decision, result)
                     continue
@@ -359,11 +394,11 @@ class Processor:
                         encode(decision),
                     )
                 )
-                self.metrics.decisions.labels(
-                    campaign=decision.campaign,
-                    action=decision.action_id,
-                    explore=str(decision.explore).lower(),
-                    holdout=str(decision.holdout).lower(),
+                self._decisions(
+                    decision.campaign,
+                    decision.action_id,
+                    str(decision.explore).lower(),
+                    str(decision.holdout).lower(),
                 ).inc()
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug(
@@ -421,18 +456,14 @@ class Processor:
             Output(self._topics.rewards, decision.customer_id.encode(), encode(record))
         )
         closed_by = "expired" if expired else ("window" if now >= _deadline(item) else "outcome")
-        self.metrics.rewards.labels(campaign=decision.campaign, closed_by=closed_by).inc()
-        self.metrics.reward_value.labels(
-            campaign=decision.campaign, action=decision.action_id
-        ).observe(reward)
+        self._rewards(decision.campaign, closed_by).inc()
+        self._reward_value(decision.campaign, decision.action_id).observe(reward)
         monitor = self.value_monitors.get(decision.campaign)
         if monitor is not None and not decision.holdout:
             monitor.update(record)
-            self.metrics.policy_value.labels(campaign=decision.campaign).set(monitor.snips)
-            self.metrics.min_propensity.labels(campaign=decision.campaign).set(
-                monitor.min_propensity
-            )
-            self.metrics.policy_ess.labels(campaign=decision.campaign).set(monitor.ess)
+            self._policy_value(decision.campaign).set(monitor.snips)
+            self._min_propensity(decision.campaign).set(monitor.min_propensity)
+            self._policy_ess(decision.campaign).set(monitor.ess)
         self.learn(record)
 
     def _finish(
@@ -445,17 +476,28 @@ class Processor:
         pending_before: bytes | None,
     ) -> Result:
         """Set the rows to write, leaving out those unchanged: each write is a changelog record."""
-        due_times: list[float] = [o.deadline for o in pending.open]
-        if state is not None:
-            row = encode_state_row(state, applied)
-            if row != state_before:
-                result.state = row
-            due_times.extend(due_at for due_at, _ in state.timers.values())
+        self._finish_state(result, state, applied, state_before)
         row = encode_pending(pending)
         if row != (_EMPTY_PENDING if pending_before is None else pending_before):
             result.pending = row
-        result.next_due = min(due_times) if due_times else None
-        return result
+        return _add_due(result, [o.deadline for o in pending.open])
+
+    def _finish_state(
+        self,
+        result: Result,
+        state: CustomerState | None,
+        applied: Applied,
+        state_before: bytes | None,
+    ) -> None:
+        """Set the state row to write (unless unchanged) and its timers as the next due time."""
+        if state is None:
+            return
+        row = encode_state_row(state, applied)
+        if row != state_before:
+            result.state = row
+        timers = state.timers
+        if timers:
+            result.next_due = min(due_at for due_at, _ in timers.values())
 
     def reroute(self, raw: bytes, source: tuple[str, int, int], key: bytes) -> Result:
         """Send a record that arrived on the wrong partition back to its topic, partitioned right."""
@@ -514,6 +556,15 @@ def decode_state_row(data: bytes | None) -> tuple[CustomerState | None, Applied]
         return None, NOTHING_APPLIED
     partition, offset = _ROW_HEADER.unpack_from(data)
     return decode_state(data[_ROW_HEADER.size :]), Applied(partition, offset)
+
+
+def _add_due(result: Result, deadlines: list[float]) -> Result:
+    """Lower the result's next due time to the earliest of `deadlines`."""
+    if deadlines:
+        soonest = min(deadlines)
+        if result.next_due is None or soonest < result.next_due:
+            result.next_due = soonest
+    return result
 
 
 def _find_open(pending: PendingSet, outcome: Outcome) -> OpenDecision | None:
