@@ -194,6 +194,9 @@ _SEQ = struct.Struct(">Q")
 _TABLE_TAGS = {"customers": b"c", "pending": b"p"}
 _TAG_TABLES = {tag: table for table, tag in _TABLE_TAGS.items()}
 _OUTPUT_TAG = b"o"
+#: Noted row values: a marker byte then the row, or the deletion marker alone.
+_ROW = b"\x01"
+_DELETED = b"\x00"
 _output_encoder = msgspec.msgpack.Encoder()
 _output_decoder = msgspec.msgpack.Decoder(tuple[str, bytes, bytes, list[tuple[str, bytes]]])
 
@@ -205,10 +208,12 @@ class UnackedWrites:
     survive: a changelog record (the replayed source record then finds its effect in the row and
     is skipped, so the changelog would miss that row version for good), or an output record (a
     decision, or a reward: the replayed outcome is then a duplicate, and the reward would never
-    be sent). Each row write and each output record is noted here under its commit epoch, in the
-    same RocksDB write-ahead log as the rows, and forgotten once the epoch is acknowledged. After a
-    crash whose tables are kept, the rows still noted go to the changelog again (from the local
-    tables) and the output records are sent again, byte-identical (downstream drops repeats by id).
+    be sent). And a crash can fall between the writes of one record's rows. So everything a
+    record changes (its row values and its output records) is noted here first, in one atomic
+    write batch under its commit epoch, before the tables are written: a redo log, forgotten
+    once the epoch is acknowledged. After a crash whose tables are kept, the rows still noted are
+    written to the tables again and sent to the changelog again, and the output records are sent
+    again, byte-identical (downstream drops repeats by id).
     """
 
     def __init__(self, root: Path, partition: int, options: rocksdict.Options) -> None:
@@ -216,33 +221,39 @@ class UnackedWrites:
         self.db = rocksdict.Rdict(str(self.path), options)
         self._seq = 0
 
-    def note_row(self, epoch: int, table: str, key: bytes) -> None:
-        """A row of `table` was written in `epoch`."""
-        self.db.put(_EPOCH.pack(epoch) + _TABLE_TAGS[table] + key, b"")
-
-    def note_output(
-        self, epoch: int, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    def note(
+        self,
+        epoch: int,
+        rows: list[tuple[str, bytes, bytes | None]],
+        outputs: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]],
     ) -> None:
-        """An output record was produced in `epoch`."""
-        self._seq += 1
-        self.db.put(
-            _EPOCH.pack(epoch) + _OUTPUT_TAG + _SEQ.pack(self._seq),
-            _output_encoder.encode((topic, key, value, headers)),
-        )
+        """Everything one record changes in `epoch`: rows (value None: a delete) and outputs."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        prefix = _EPOCH.pack(epoch)
+        for table, key, value in rows:
+            batch.put(
+                prefix + _TABLE_TAGS[table] + key, _DELETED if value is None else _ROW + value
+            )
+        for output in outputs:
+            self._seq += 1
+            batch.put(prefix + _OUTPUT_TAG + _SEQ.pack(self._seq), _output_encoder.encode(output))
+        self.db.write(batch)
 
     def forget_through(self, epoch: int) -> None:
         """Every record of epochs up to `epoch` is acknowledged."""
         self.db.delete_range(_EPOCH.pack(0), _EPOCH.pack(epoch + 1))
 
-    def rows(self) -> set[tuple[str, bytes]]:
-        """(table, key) of every row still noted, whatever its epoch."""
-        rows: set[tuple[str, bytes]] = set()
-        for raw in self.db.keys():  # noqa: SIM118 (an Rdict, not a dict)
-            if not isinstance(raw, bytes):
+    def rows(self) -> dict[tuple[str, bytes], bytes | None]:
+        """The newest noted value of every row still noted (None: deleted), by (table, key)."""
+        rows: dict[tuple[str, bytes], bytes | None] = {}
+        for raw, value in self.db.items():  # key order: epoch order, so the newest wins
+            if not isinstance(raw, bytes) or not isinstance(value, bytes):
                 continue
             tag = raw[_EPOCH.size : _EPOCH.size + 1]
             if tag in _TAG_TABLES:
-                rows.add((_TAG_TABLES[tag], raw[_EPOCH.size + 1 :]))
+                rows[(_TAG_TABLES[tag], raw[_EPOCH.size + 1 :])] = (
+                    None if value == _DELETED else value[len(_ROW) :]
+                )
         return rows
 
     def outputs(self) -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:
@@ -632,15 +643,29 @@ class RdkafkaWorker:
             except BufferError:  # librdkafka's queue is full: serve deliveries, then retry
                 producer.poll(0.005)
 
-    def _changelog(
-        self, tables: PartitionTables, table: str, key: bytes, value: bytes | None
+    def _write(
+        self,
+        tables: PartitionTables,
+        rows: list[tuple[str, bytes, bytes | None]],
+        outputs: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]],
     ) -> None:
-        """Mirror a row write (None: a delete) to the table's changelog partition."""
-        if tables.unacked is not None:
-            tables.unacked.note_row(self._epochs.current, table, key)
-        self._produce(
-            self._changelogs[table], key, value, tables.partition, headers=self._writer_header
-        )
+        """Note a record's rows and outputs (at least once), write the rows, send everything.
+
+        Rows (value None: a delete) go to their table and to its changelog partition.
+        """
+        if tables.unacked is not None and (rows or outputs):
+            tables.unacked.note(self._epochs.current, rows, outputs)
+        for table, key, value in rows:
+            db = tables.store(table).db
+            if value is None:
+                db.delete(key)
+            else:
+                db.put(key, value)
+            self._produce(
+                self._changelogs[table], key, value, tables.partition, headers=self._writer_header
+            )
+        for topic, key, value, headers in outputs:
+            self._produce(topic, key, value, headers=headers)
 
     def _begin(self) -> None:
         if self.exactly_once and not self._in_transaction:
@@ -650,37 +675,28 @@ class RdkafkaWorker:
 
     def _apply(self, result: Result, tables: PartitionTables) -> None:
         customer_id = result.customer_id
+        rows: list[tuple[str, bytes, bytes | None]] = []
+        rows_before = self._row_count
         if customer_id is not None:
             key = customer_id.encode()
-            customers, pending = tables.customers, tables.pending
             if result.expired:
-                if customers.db.get(key) is not None:
-                    customers.db.delete(key)
-                    self._changelog(tables, "customers", key, None)
+                if tables.customers.db.get(key) is not None:
+                    rows.append(("customers", key, None))
                     self._row_count = max(0, self._row_count - 1)
-                    self.metrics.table_rows.labels(table="customers").set(self._row_count)
-                if pending.db.get(key) is not None:
-                    pending.db.delete(key)
-                    self._changelog(tables, "pending", key, None)
+                if tables.pending.db.get(key) is not None:
+                    rows.append(("pending", key, None))
                 self.timers.schedule(customer_id, None)
             else:
                 if result.state is not None:
-                    customers.db.put(key, result.state)
-                    self._changelog(tables, "customers", key, result.state)
+                    rows.append(("customers", key, result.state))
                     if result.new_customer:
                         self._row_count += 1
-                        self.metrics.table_rows.labels(table="customers").set(self._row_count)
                 if result.pending is not None:
-                    pending.db.put(key, result.pending)
-                    self._changelog(tables, "pending", key, result.pending)
+                    rows.append(("pending", key, result.pending))
                 self.timers.schedule(customer_id, result.next_due)
-        unacked = tables.unacked
-        for out in result.outputs:
-            if unacked is not None:
-                unacked.note_output(
-                    self._epochs.current, out.topic, out.key, out.value, out.headers
-                )
-            self._produce(out.topic, out.key, out.value, headers=out.headers)
+        self._write(tables, rows, [(o.topic, o.key, o.value, o.headers) for o in result.outputs])
+        if self._row_count != rows_before:
+            self.metrics.table_rows.labels(table="customers").set(self._row_count)
 
     # ---- timers and retention -----------------------------------------------------------------
 
@@ -856,17 +872,17 @@ class RdkafkaWorker:
             if not any((table, p) in kept for table in TABLES):
                 unacked.clear()  # rebuilt from the changelog: the replay redoes the work
                 continue
-            rows, outputs = unacked.rows(), unacked.outputs()
-            for table, key in sorted(rows):
-                if (table, p) not in kept:
-                    continue
-                value = tables.store(table).db.get(key)
-                self._changelog(tables, table, key, value if isinstance(value, bytes) else None)
-                resent["rows"] += 1
-            for topic, key, value, headers in outputs:
-                unacked.note_output(self._epochs.current, topic, key, value, headers)
-                self._produce(topic, key, value, headers=headers)
-                resent["outputs"] += 1
+            # Written to the tables again too: the crash may have come between a record's note
+            # and its table writes.
+            redo = [
+                (table, key, value)
+                for (table, key), value in sorted(unacked.rows().items())
+                if (table, p) in kept
+            ]
+            outputs = unacked.outputs()
+            self._write(tables, redo, outputs)
+            resent["rows"] += len(redo)
+            resent["outputs"] += len(outputs)
         return resent
 
     def _close_tables(self, numbers: set[int], clean: bool) -> None:

@@ -123,21 +123,24 @@ def test_unacked_writes_are_forgotten_once_their_epoch_and_every_earlier_one_is_
     tmp_path: Path,
 ) -> None:
     unacked = UnackedWrites(tmp_path, 0, _store_options(Settings()))
-    unacked.note_row(100, "customers", b"c1")
-    unacked.note_output(100, "decisions", b"c1", b"d1", [])
-    unacked.note_row(101, "pending", b"c1")
-    unacked.note_row(102, "customers", b"c2")
-    unacked.note_output(102, "rewards", b"c2", b"r2", [("h", b"v")])
-    unacked.note_output(102, "decisions", b"c2", b"d2", [])
+    unacked.note(100, [("customers", b"c1", b"s1")], [("decisions", b"c1", b"d1", [])])
+    unacked.note(101, [("pending", b"c1", b"p1")], [])
+    unacked.note(
+        102,
+        [("customers", b"c2", b"s2"), ("pending", b"c2", None)],
+        [("rewards", b"c2", b"r2", [("h", b"v")]), ("decisions", b"c2", b"d2", [])],
+    )
+    unacked.note(103, [("customers", b"c2", b"s2-newer")], [])
     unacked.forget_through(101)
-    assert unacked.rows() == {("customers", b"c2")}
+    # The newest value of each row still noted (None: deleted), to redo after a crash.
+    assert unacked.rows() == {("customers", b"c2"): b"s2-newer", ("pending", b"c2"): None}
     # Outputs come back in the order they were produced, byte-identical.
     assert unacked.outputs() == [
         ("rewards", b"c2", b"r2", [("h", b"v")]),
         ("decisions", b"c2", b"d2", []),
     ]
     unacked.clear()
-    assert unacked.rows() == set()
+    assert unacked.rows() == {}
     assert unacked.outputs() == []
     unacked.close()
 
