@@ -187,6 +187,11 @@ def _write_atomically(path: Path, data: dict[str, Any]) -> None:
     partial.replace(path)
 
 
+#: A row write: table, customer key, value (None: a delete).
+RowWrite = tuple[str, bytes, bytes | None]
+#: An output record: topic, key, value, headers.
+OutputRecord = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
+
 #: Keys of the unacknowledged-writes index: commit epoch, kind tag, then the customer key (rows)
 #: or a sequence number (output records). See UnackedWrites.
 _EPOCH = struct.Struct(">Q")
@@ -198,7 +203,7 @@ _OUTPUT_TAG = b"o"
 _ROW = b"\x01"
 _DELETED = b"\x00"
 _output_encoder = msgspec.msgpack.Encoder()
-_output_decoder = msgspec.msgpack.Decoder(tuple[str, bytes, bytes, list[tuple[str, bytes]]])
+_output_decoder = msgspec.msgpack.Decoder(OutputRecord)
 
 
 class UnackedWrites:
@@ -224,8 +229,8 @@ class UnackedWrites:
     def note(
         self,
         epoch: int,
-        rows: list[tuple[str, bytes, bytes | None]],
-        outputs: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]],
+        rows: list[RowWrite],
+        outputs: list[OutputRecord],
     ) -> None:
         """Everything one record changes in `epoch`: rows (value None: a delete) and outputs."""
         batch = rocksdict.WriteBatch(raw_mode=True)
@@ -256,7 +261,7 @@ class UnackedWrites:
                 )
         return rows
 
-    def outputs(self) -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:
+    def outputs(self) -> list[OutputRecord]:
         """Every output record still noted, in the order produced (epoch, then sequence)."""
         found = []
         for raw, value in self.db.items():
@@ -646,8 +651,8 @@ class RdkafkaWorker:
     def _write(
         self,
         tables: PartitionTables,
-        rows: list[tuple[str, bytes, bytes | None]],
-        outputs: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]],
+        rows: list[RowWrite],
+        outputs: list[OutputRecord],
     ) -> None:
         """Note a record's rows and outputs (at least once), write the rows, send everything.
 
@@ -675,7 +680,7 @@ class RdkafkaWorker:
 
     def _apply(self, result: Result, tables: PartitionTables) -> None:
         customer_id = result.customer_id
-        rows: list[tuple[str, bytes, bytes | None]] = []
+        rows: list[RowWrite] = []
         rows_before = self._row_count
         if customer_id is not None:
             key = customer_id.encode()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.campaign import Campaign
 from streams.campaign_files import resolve_campaigns
@@ -13,6 +13,10 @@ from streams.logs import configure_logging
 from streams.model_store import load_latest_snapshots
 from streams.settings import Settings
 from streams.topics import ensure_topics
+
+if TYPE_CHECKING:  # imported where used: Faust only for its runtime (its import takes a while)
+    from streams.app import KairosApp
+    from streams.rdkafka_worker import RdkafkaWorker
 
 log = logging.getLogger("kairos.worker")
 
@@ -47,23 +51,7 @@ def run_worker(settings: Settings) -> None:
         log.info(
             "exactly-once: local tables rebuilt from the changelog", extra={"removed": removed}
         )
-    loaded = load_latest_snapshots(settings, kairos.processor)
-    log.info(
-        "worker configured",
-        extra={
-            "campaigns": [c.name for c in campaigns],
-            "snapshots_loaded": loaded,
-            "bootstrap": settings.kafka_bootstrap,
-            "data_dir": str(settings.data_dir),
-        },
-    )
-    kairos.started_at = started
-    GcPauseRecorder(kairos.metrics.registry).install()
-    kairos.freeze_heap_when_ready = settings.gc_freeze
-    if settings.learning == "remote":
-        from streams.learner import ModelFollower
-
-        ModelFollower(settings, kairos.processor.runtimes, kairos.metrics).start()
+    _prepare(kairos, settings, campaigns, started)
     worker = Worker(
         kairos.app,
         loglevel=settings.log_level,
@@ -81,24 +69,7 @@ def run_rdkafka_worker(settings: Settings, campaigns: list[Campaign], started: f
     from streams.web_server import WorkerWebServer
 
     worker = RdkafkaWorker(settings, campaigns)
-    loaded = load_latest_snapshots(settings, worker.processor)
-    log.info(
-        "worker configured",
-        extra={
-            "runtime": "rdkafka",
-            "campaigns": [c.name for c in campaigns],
-            "snapshots_loaded": loaded,
-            "bootstrap": settings.kafka_bootstrap,
-            "data_dir": str(settings.data_dir),
-        },
-    )
-    worker.started_at = started
-    GcPauseRecorder(worker.metrics.registry).install()
-    worker.freeze_heap_when_ready = settings.gc_freeze
-    if settings.learning == "remote":
-        from streams.learner import ModelFollower
-
-        ModelFollower(settings, worker.processor.runtimes, worker.metrics).start()
+    _prepare(worker, settings, campaigns, started)
 
     def lookup(customer_id: str) -> dict[str, Any] | None:
         rows = worker.customer_rows(customer_id)
@@ -115,3 +86,27 @@ def run_rdkafka_worker(settings: Settings, campaigns: list[Campaign], started: f
         return worker.run()
     finally:
         web.stop()
+
+
+def _prepare(
+    worker: KairosApp | RdkafkaWorker, settings: Settings, campaigns: list[Campaign], started: float
+) -> None:
+    """What every runtime does before it runs: snapshots, GC pause metrics, model following."""
+    loaded = load_latest_snapshots(settings, worker.processor)
+    log.info(
+        "worker configured",
+        extra={
+            "runtime": settings.runtime,
+            "campaigns": [c.name for c in campaigns],
+            "snapshots_loaded": loaded,
+            "bootstrap": settings.kafka_bootstrap,
+            "data_dir": str(settings.data_dir),
+        },
+    )
+    worker.started_at = started
+    GcPauseRecorder(worker.metrics.registry).install()
+    worker.freeze_heap_when_ready = settings.gc_freeze
+    if settings.learning == "remote":
+        from streams.learner import ModelFollower
+
+        ModelFollower(settings, worker.processor.runtimes, worker.metrics).start()
