@@ -308,12 +308,20 @@ class KairosApp:
             self.timers.schedule(result.customer_id, None)
         elif result.customer_id is not None:
             key = result.customer_id.encode()
+            # Two tables, two RocksDB writes: a crash between them must not lose a decision.
+            # With new decisions the pending row goes first: a replay then finds the state
+            # without the event, decides again, finds the decision already open and resends it
+            # (Processor._decide_all). Otherwise the state row goes first, so a replayed outcome
+            # whose pending write was lost is joined (and its reward sent) again.
+            decided_first = bool(result.decisions) and result.pending is not None
+            if decided_first:
+                self.pending[key] = result.pending
             if result.state is not None:
                 self.states[key] = result.state
                 if result.new_customer:
                     self._rows += 1
                     self.metrics.table_rows.labels(table="customers").set(self._rows)
-            if result.pending is not None:
+            if result.pending is not None and not decided_first:
                 self.pending[key] = result.pending
             self.timers.schedule(result.customer_id, result.next_due)
         for out in result.outputs:

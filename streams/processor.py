@@ -379,6 +379,8 @@ class Processor:
                     # send the open decision again in case it was lost with the state write.
                     self._duplicates("decision").inc()
                     if made is not None:
+                        # Counted again for caps and cooldowns (a no-op if the state has it).
+                        state = record_decision(state, made.decision)
                         self._resend(made.decision, result)
                     continue
                 decision = runtime.decide(state, trigger, now)

@@ -130,6 +130,32 @@ def test_a_replay_after_losing_the_state_write_resends_the_decision_and_decides_
     assert replay.decisions == []  # nothing newly decided (no second propensity, no new log)
 
 
+def test_a_message_resent_after_losing_the_state_write_still_counts_for_caps(
+    processor: Processor, clock: ManualClock
+) -> None:
+    # The first of a few customers whose abandonment gets a message (not no-action).
+    for n in range(100):
+        rows = Rows()
+        cid = f"caps-{n}"
+        rows.save(processor.on_event(raw_event(clock, cid, "cart_add", price=80.0), rows, src()))
+        trigger = raw_event(clock, cid, "cart_abandoned", event_id=f"caps-abandon-{n}")
+        position = src()
+        before = rows.states[cid]
+        first = processor.on_event(trigger, rows, position)
+        if decisions_of(first, processor.settings)[0].action_id != "no_action":
+            break
+    else:
+        pytest.fail("no abandonment got a message")
+    # Crash between the two writes: the pending row (written first) holds the decision, the
+    # state row is still the one before the trigger.
+    assert first.pending is not None and rows.states[cid] == before
+    rows.pendings[cid] = first.pending
+    replay = processor.on_event(trigger, rows, position)
+    assert replay.decisions == []
+    # The resent message counts for caps and cooldowns: the state written is the lost one.
+    assert replay.state == first.state
+
+
 def test_a_conversion_with_the_decision_id_is_rewarded_once_and_the_model_learns(
     processor: Processor, clock: ManualClock
 ) -> None:
