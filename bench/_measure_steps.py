@@ -14,11 +14,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from bench._broker_gc import Pause, overlaps_pause, pauses_between, read_pauses
 from bench._paced_load import LoadReport, LoadSpec, load_process_main, make_event, sent_ns_of
 from bench._proc_stats import CpuMeter
 from streams.settings import Settings
@@ -34,6 +37,8 @@ class Arrival:
     sent_ns: int
     recv_ns: int
     reason: str = ""
+    #: When the worker decided (its decided_ts), for decisions; None for the floors' copies.
+    decided_ns: int | None = None
 
 
 class OutputReader:
@@ -67,7 +72,13 @@ class OutputReader:
             if sent is None:
                 self.foreign += 1
                 continue
-            out.append(Arrival(sent, recv_ns, str(record.get("reason", ""))))
+            decided = record.get("decided_ts")
+            decided_ns = (
+                int(datetime.fromisoformat(decided).timestamp() * 1e9)
+                if isinstance(decided, str)
+                else None
+            )
+            out.append(Arrival(sent, recv_ns, str(record.get("reason", "")), decided_ns))
         return out
 
     def close(self) -> None:
@@ -129,6 +140,17 @@ class StepResult:
     max_lag: int | None = None
     end_lag: int | None = None
     reasons: Counter[str] = field(default_factory=Counter)
+    #: p99 of trigger sent -> decided by the worker (decisions only; the rest is the way out).
+    p99_decided_ms: float = float("nan")
+    #: Broker GC pauses overlapping the measured window (None: no GC log, an external broker).
+    gc_pauses: list[Pause] | None = None
+    #: p99 of the triggers whose path (sent to received) overlapped no broker GC pause.
+    p99_clear_ms: float = float("nan")
+
+    @property
+    def gc_pause_ms(self) -> float:
+        """Total broker GC pause inside the measured window, in ms."""
+        return sum(p.duration_ns for p in self.gc_pauses or []) / 1e6
 
     @property
     def outputs_per_trigger(self) -> float:
@@ -158,6 +180,8 @@ class StepContext:
     customers: int = 100_000
     seed: int = 0
     refresh_pids: Callable[[], dict[str, int]] | None = None
+    #: The local broker's GC log (bench._broker_gc), when the broker is ours.
+    gc_log: Path | None = None
 
 
 def run_step(
@@ -216,7 +240,34 @@ def run_step(
             quiet_since = time.monotonic()
         elif time.monotonic() - quiet_since > 1.5:
             break
-    return summarise(ctx.system, mix, rate, report, arrivals, measure_from, cpu, lags, end_lag)
+    pauses = read_pauses(ctx.gc_log) if ctx.gc_log is not None else None
+    result = summarise(ctx.system, mix, rate, report, arrivals, measure_from, cpu, lags, end_lag)
+    return attribute_broker_pauses(result, arrivals, measure_from, report.finished_ns, pauses)
+
+
+def attribute_broker_pauses(
+    result: StepResult,
+    arrivals: list[Arrival],
+    measure_from: int,
+    finished_ns: int,
+    pauses: list[Pause] | None,
+) -> StepResult:
+    """Add the broker pauses in the window and the p99 of the triggers clear of them."""
+    window = [a for a in arrivals if measure_from <= a.sent_ns <= finished_ns]
+    decided = sorted((a.decided_ns - a.sent_ns) / 1e6 for a in window if a.decided_ns is not None)
+    result.p99_decided_ms = percentile(decided, 99)
+    if pauses is None or not window:
+        return result
+    last_recv = max(a.recv_ns for a in window)
+    inside = pauses_between(pauses, measure_from, last_recv)
+    result.gc_pauses = inside
+    clear = sorted(
+        (a.recv_ns - a.sent_ns) / 1e6
+        for a in window
+        if not overlaps_pause(a.sent_ns, a.recv_ns, inside)
+    )
+    result.p99_clear_ms = percentile(clear, 99)
+    return result
 
 
 def summarise(

@@ -38,6 +38,7 @@ from confluent_kafka import KafkaException, libversion
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bench._backlog import BacklogResult, drain, fill
+from bench._broker_gc import gc_log_path
 from bench._kafka_floors import start_floor, stop_floor
 from bench._measure_steps import (
     LagProbe,
@@ -189,6 +190,7 @@ def measure_floor(
             LagProbe(settings, app_id, source, settings.partitions),
             customers=args.customers,
             refresh_pids=args.refresh_pids,
+            gc_log=args.gc_log,
         )
         run_step(ctx, 500, "triggers", 0.0, args.warmup_s)  # warm-up
         for rate in args.rates:
@@ -226,6 +228,7 @@ def measure_kairos(
             LagProbe(settings, settings.app_id, settings.topics.events, settings.partitions),
             customers=args.customers,
             refresh_pids=args.refresh_pids,
+            gc_log=args.gc_log,
         )
         # Warm-up on the mixed stream: customers get state (carts, purchases) before the triggers.
         run_step(ctx, 1000, "mixed", 0.0, args.warmup_s * 2)
@@ -381,7 +384,48 @@ def line(r: StepResult) -> str:
         f"{r.system:28s} {r.mix:8s} {r.rate:6.0f}/s sent {r.load.achieved_rate:7.0f}/s n={r.count:6d} "
         f"out/trig={r.outputs_per_trigger:4.2f} p50={r.p50_ms:7.2f} p95={r.p95_ms:7.2f} "
         f"p99={r.p99_ms:8.2f} max={r.max_ms:8.2f} ms lag(max)={r.max_lag} cpu {cpu}"
+        f"{_gc_text(r)}"
     )
+
+
+def _gc_text(r: StepResult) -> str:
+    """Console suffix: broker GC pauses in the step and the p99 clear of them."""
+    text = "" if math.isnan(r.p99_decided_ms) else f" p99(decided)={r.p99_decided_ms:.2f}"
+    if r.gc_pauses is None:
+        return text
+    return (
+        f"{text} broker-gc={len(r.gc_pauses)}x/{r.gc_pause_ms:.0f}ms"
+        f" p99(clear of gc)={r.p99_clear_ms:.2f}"
+    )
+
+
+def _tail_table(run: Run) -> list[str]:
+    """Where each step's tail comes from: the worker's side, and the broker's GC pauses."""
+    if not any(r.gc_pauses is not None or not math.isnan(r.p99_decided_ms) for r in run.latency):
+        return []
+    out = [
+        "",
+        "### Where the tail comes from",
+        "",
+        "`p99 decided` = trigger sent until the worker's `decided_ts` (the rest of the latency is "
+        "the decision's way out: produce, broker, reader). The broker JVM logs its GC pauses "
+        "(deploy/kafka/kafka.sh, `.run/kafka/gc.log`); a pause stops every record in flight, of "
+        "whichever system. `p99 clear of GC` = p99 of the triggers whose path (sent to read) "
+        "overlapped no pause: an attribution, not a headline (the p99 above counts everything).",
+        "",
+        "| system | offered/s | p99 | p99 decided | broker GC pauses | GC pause total ms | longest ms | p99 clear of GC |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in run.latency:
+        pauses = r.gc_pauses
+        longest = max((p.duration_ns for p in pauses), default=0) / 1e6 if pauses else 0.0
+        out.append(
+            f"| {r.system} | {r.rate:,.0f} | {fmt(r.p99_ms, 2)} | {fmt(r.p99_decided_ms, 2)} | "
+            f"{'–' if pauses is None else len(pauses)} | "
+            f"{'–' if pauses is None else fmt(r.gc_pause_ms, 0)} | "
+            f"{'–' if pauses is None else fmt(longest, 1)} | {fmt(r.p99_clear_ms, 2)} |"
+        )
+    return out
 
 
 def fmt(value: float, digits: int = 1) -> str:
@@ -433,6 +477,7 @@ def render(run: Run, args: argparse.Namespace) -> str:
             f"{_cpu(r, 'system')} | {_cpu(r, 'broker')} | {_cpu(r, 'loadgen')} | {_cpu(r, 'reader')} | "
             f"{_cpu(r, 'others')} | {_cpu(r, 'machine')} |"
         )
+    out += _tail_table(run)
     out += ["", "### Goals", ""]
     out += _goals(run)
     if run.mixed:
@@ -682,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     args.broker_pid = broker_pid(REPO) if local else 0
     # The broker may be restarted by someone else during a run: look its PID up before each step.
     args.refresh_pids = (lambda: {"broker": broker_pid(REPO)}) if local else None
+    args.gc_log = gc_log_path(REPO) if args.broker_pid else None
     print(
         f"broker {settings.kafka_bootstrap} (pid {args.broker_pid or '?'}), run dir {run_dir}, prefix {prefix}"
     )

@@ -14,7 +14,8 @@ Kairos decides and stores, and drops the framework between Kafka and the process
   key and value, tombstones for deletes), so either runtime can rebuild the other's state. The
   changelog is the truth: a partition's store is rebuilt from it at assignment unless the store
   was closed cleanly with a checkpoint (the changelog offset it had reached), in which case only
-  the records after the checkpoint are read. The RocksDB write-ahead log is off for that reason.
+  the records after the checkpoint are read, or was left by a crash at least once that nobody
+  else's changelog records followed (kept, then redone from its UnackedWrites).
 - **Commits (at least once).** Offsets are committed only when every record produced for them
   (changelogs, decisions, rewards) is acknowledged: produced records are counted per commit
   epoch, and an epoch's offsets are committed, without blocking the loop, once its count is 0.
@@ -654,12 +655,16 @@ class RdkafkaWorker:
         rows: list[RowWrite],
         outputs: list[OutputRecord],
     ) -> None:
-        """Note a record's rows and outputs (at least once), write the rows, send everything.
+        """Note a record's rows and outputs (at least once), send the outputs, write the rows.
 
-        Rows (value None: a delete) go to their table and to its changelog partition.
+        The outputs (decisions first of all) leave before the table writes, which they do not
+        wait for: once noted, a crash anywhere after is redone from the note. Rows (value None:
+        a delete) go to their table and to its changelog partition.
         """
         if tables.unacked is not None and (rows or outputs):
             tables.unacked.note(self._epochs.current, rows, outputs)
+        for topic, out_key, out_value, headers in outputs:
+            self._produce(topic, out_key, out_value, headers=headers)
         for table, key, value in rows:
             db = tables.store(table).db
             if value is None:
@@ -669,8 +674,6 @@ class RdkafkaWorker:
             self._produce(
                 self._changelogs[table], key, value, tables.partition, headers=self._writer_header
             )
-        for topic, key, value, headers in outputs:
-            self._produce(topic, key, value, headers=headers)
 
     def _begin(self) -> None:
         if self.exactly_once and not self._in_transaction:

@@ -12,6 +12,7 @@
 #   KAIROS_KAFKA_CACHE    where the jars go (default ~/.cache/kairos/kafka-<version>)
 #   KAIROS_KAFKA_RUN_DIR  PID, port, logs and data of the running broker (default <repo>/.run/kafka)
 #   KAIROS_KAFKA_HEAP     JVM heap (default 512m)
+# The broker's GC pauses go to <run dir>/gc.log (one line per pause).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -173,7 +174,9 @@ start() {
     "${jvm[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$run_dir/server.properties" \
         >"$run_dir/format.log" 2>&1 || { cat "$run_dir/format.log" >&2; die "could not format KRaft storage"; }
   fi
-  nohup "${jvm[@]}" kafka.Kafka "$run_dir/server.properties" >"$run_dir/stdout.log" 2>&1 </dev/null &
+  # One line per GC pause, wall-clock stamped: bench/latency.py lines broker pauses up with latency.
+  nohup "${jvm[@]}" "-Xlog:gc:file=$run_dir/gc.log:time,uptime:filecount=3,filesize=20m" \
+      kafka.Kafka "$run_dir/server.properties" >"$run_dir/stdout.log" 2>&1 </dev/null &
   pid=$!
   echo "$pid" >"$pid_file"
   echo "$port" >"$port_file"
