@@ -21,9 +21,9 @@ pom="$here/pom.xml"
 version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")"
 cache="${KAIROS_KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kairos/kafka-$version}"
 run_dir="${KAIROS_KAFKA_RUN_DIR:-$repo/.run/kafka}"
-# 2g, not 512m: the broker keeps ~175 MB live, so a 512m heap leaves G1 ~280 MB of eden and, at
-# 1,000 decisions/s, a 10-20 ms young pause every 2.5 s: the largest part of the latency tail
-# (bench/latency.py, "Where the tail comes from"). With 2g the same pauses come every 5-25 s.
+# 2g, not 512m: the broker keeps ~175 MB live, so a 512m heap leaves G1 ~280 MB of eden: at
+# 1,000 decisions/s a 10-20 ms young pause every ~2.5 s (5-6 in a 15 s latency step; with 2g, 2).
+# Each pause stops every record in flight (bench/latency.py, "Where the tail comes from").
 heap="${KAIROS_KAFKA_HEAP:-2g}"
 pid_file="$run_dir/kafka.pid"
 port_file="$run_dir/kafka.port"
