@@ -555,27 +555,33 @@ def render(run: Run, args: argparse.Namespace) -> str:
 
 # Written from the profile and CPU figures of the run that produced the tables; revise on rerun.
 LIMITS_TEXT = """
-**Two runtimes, one machine.** Since 2026-12-01 the default worker is the rdkafka runtime (one
-confluent-kafka loop, streams/rdkafka_worker.py); "Kairos on Faust" is the same processor on
-Faust agents (`KAIROS_RUNTIME=faust`). This AMD EPYC (2 cores) was slower and noisier than on
-earlier days: the bare confluent-kafka loop itself has a 31.9 ms p99 at 1,000/s here, with the
-broker at 76% of a core (13.8 ms in a run an hour earlier). **Backlog:** the rdkafka worker drains
-7,065 mixed events/s at 149 µs of CPU per event: 3.8x the Faust runtime (1,883/s at 581 µs) and
-above even the bare Faust pass-through agent (2,881/s). **Paced load is harder than the
-backlog:** at 500 triggers/s the rdkafka worker's p99 is 27 ms (Faust runtime 110 ms); at 1,000
-triggers/s it falls behind (Faust runtime too, further), and on the mixed stream it keeps up at
-1,000 events/s, not 2,000 (the Faust runtime not at 1,000). At 2,000 mixed events/s the profile
-puts 69% of the worker's busy samples in the stream layer, mostly RocksDB reads and writes
-(`_Rows.state`/`pending`, `_apply`, `UnackedWrites.note_row`: ~30%, each write through the
-write-ahead log) and librdkafka's `produce()` (14%), and 19% in the decision itself. Measured apart
-from Kafka, a `cart_abandoned` decision costs about twice as much CPU when events arrive ~1 ms
-apart as in a tight loop (183 against 416 µs before the 2026-12-01 engine speed-up; caches cold
-between records), and the broker needs 57-76% of one of the two cores at these rates: the broker,
-the worker, the load generator and the reader keep both cores ~90% busy at 1,000 triggers/s.
-**Missed:** p99 under 10 ms at 1,000 triggers/s, within 2x of the bare loop, and 5,000 mixed
-events/s paced (the backlog rate passes it). What would move it: fewer RocksDB operations per
-record (one write batch per table and turn, rows cached in memory between writes), and a broker on
-cores of its own.
+**Two runtimes, one machine.** The default worker is the rdkafka runtime (one confluent-kafka
+loop, streams/rdkafka_worker.py); "Kairos on Faust" is the same processor on Faust agents
+(`KAIROS_RUNTIME=faust`). This run is on an Intel Xeon (2 cores), faster than the AMD EPYC of
+2026-12-01: the bare confluent-kafka loop's p99 at 1,000/s is 4.3 ms here (3.4-10.6 ms over six
+runs on 2026-12-02). **In this run both latency goals are met** (8.07 ms at 1,000 triggers/s,
+1.9x the bare loop), **but not reliably:** 14 one-worker steps at 1,000 triggers/s on 2026-12-02
+(warm broker) gave p99 6.7-21.6 ms, median 15 ms, and 3 of them met 10 ms; the 6 with the 2 GiB
+broker heap below gave 6.7-14.8 ms, median 11 ms. **The tail has
+two causes that the tables above separate.** (1) The broker's GC: a young pause of 10-25 ms stops
+every record in flight. With the former 512 MiB broker heap G1 had ~280 MB of eden and paused every
+~2.5 s at 1,000 decisions/s (5-6 pauses per step); deploy/kafka/kafka.sh now gives the broker
+2 GiB, and a step sees 1-2 pauses. (2) CPU contention: at 1,000 triggers/s the machine is ~80%
+busy, the worker's main thread waits runnable for 21.5% of the time (84 µs per time slice on
+average, /proc schedstat) and the broker's request threads wait as long as they run; a record
+crosses six to eight threads between the load generator and the reader. `p99 clear of GC` above
+is what is left without (1). **Backlog:** the rdkafka worker drains 7,618 mixed events/s at 139 µs
+of CPU per event, 2.9x the Faust runtime (2,666/s at 399 µs) and above the bare Faust agent
+(4,098/s). **Paced mixed stream:** one worker keeps up at 3,000 events/s (p99 339 ms) and falls
+behind at 4,000/s; 5,000 is **missed**. At 4,000/s the broker (75%), the load generator (29%)
+and the worker (64%) keep the machine 87% busy. Per trigger the worker moves ~16 KB: the decision
+record is 3.2 KB (the probabilities and scores of all 16 actions and 51 features are most of it),
+the pending row holds it again (3 KB), the unacknowledged-writes note holds both, and the
+changelogs carry the rows; a RocksDB write costs 3 µs at 200 bytes and 16.5 µs at 6.4 KB (tight
+loop, this machine), and three writes merged into one batch of the same bytes cost the same, so
+the bytes, not the number of writes, are what to cut. What would move it: a leaner decision
+record (a schema change), not reading the pending row for events without a trigger (12% of the
+profile at 4,000/s), and a broker on cores of its own.
 """
 
 
