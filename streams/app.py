@@ -34,9 +34,10 @@ from streams.processor import (
     customer_view,
     decode_pending,
     decode_state_row,
+    pending_deadlines,
 )
 from streams.settings import Settings
-from streams.timer_index import TimerIndex
+from streams.timer_index import KEEP, TimerIndex
 from streams.topics import MAX_RECORD_BYTES, TABLES, producer_config
 
 log = logging.getLogger("kairos.app")
@@ -305,7 +306,7 @@ class KairosApp:
                 self.metrics.table_rows.labels(table="customers").set(self._rows)
             if key in self.pending:
                 del self.pending[key]
-            self.timers.schedule(result.customer_id, None)
+            self.timers.cancel(result.customer_id)
         elif result.customer_id is not None:
             key = result.customer_id.encode()
             # Two tables, two RocksDB writes: a crash between them must not lose a decision.
@@ -323,7 +324,7 @@ class KairosApp:
                     self.metrics.table_rows.labels(table="customers").set(self._rows)
             if result.pending is not None and not decided_first:
                 self.pending[key] = result.pending
-            self.timers.schedule(result.customer_id, result.next_due)
+            self.timers.schedule(result.customer_id, result.next_due, result.next_deadline)
         for out in result.outputs:
             await self.out_topics[out.topic].send(key=out.key, value=out.value)
 
@@ -442,14 +443,9 @@ class KairosApp:
             if dues:
                 self.timers.schedule(key.decode(), min(dues))
         for key, data in self.pending.items():
-            pending = decode_pending(data)
-            if pending.open:
-                customer_id = key.decode()
-                soonest = min(o.deadline for o in pending.open)
-                current = self.timers.due_at.get(customer_id)
-                self.timers.schedule(
-                    customer_id, soonest if current is None else min(current, soonest)
-                )
+            deadlines = pending_deadlines(data)
+            if deadlines:
+                self.timers.schedule(key.decode(), KEEP, min(deadlines))
         self.metrics.table_rows.labels(table="customers").set(self._rows)
         log.info(
             "timer index rebuilt: %d customers in %.3f s",

@@ -43,6 +43,7 @@ from streams.dead_letters import dead_letter_record
 from streams.logs import customer_ref
 from streams.metrics import Children, WorkerMetrics
 from streams.settings import Settings
+from streams.timer_index import KEEP, Unchanged
 
 log = logging.getLogger("kairos.processor")
 
@@ -135,7 +136,10 @@ class Result:
     state: bytes | None = None
     pending: bytes | None = None
     outputs: list[Output] = field(default_factory=list)
-    next_due: float | None = None
+    #: The soonest timer of the customer's state (None: none), or KEEP if the state was not read.
+    next_due: float | Unchanged | None = KEEP
+    #: The soonest deadline of its open decisions (None: none), or KEEP if pending was not read.
+    next_deadline: float | Unchanged | None = KEEP
     new_customer: bool = False
     decisions: list[Decision] = field(default_factory=list)
     rewards: list[RewardRecord] = field(default_factory=list)
@@ -240,12 +244,12 @@ class Processor:
             return Result(customer_id)
         state = apply(prev, event)
         triggers, state = detect(prev, state, event, self.trigger_config)
-        pending_row = rows.pending(customer_id)
         result = Result(customer_id, new_customer=prev is None)
         if not triggers:
-            # Nothing to decide: the pending row is left as it is, only its deadlines are read.
+            # Nothing to decide: the pending row is not read (its deadlines stay as indexed).
             self._finish_state(result, state, Applied(partition, offset), None)
-            return _add_due(result, pending_deadlines(pending_row))
+            return result
+        pending_row = rows.pending(customer_id)
         pending = decode_pending(pending_row)
         state = self._decide_all(state, pending, triggers, now, result)
         return self._finish(result, state, pending, Applied(partition, offset), None, pending_row)
@@ -482,7 +486,8 @@ class Processor:
         row = encode_pending(pending)
         if row != (_EMPTY_PENDING if pending_before is None else pending_before):
             result.pending = row
-        return _add_due(result, [o.deadline for o in pending.open])
+        result.next_deadline = min((o.deadline for o in pending.open), default=None)
+        return result
 
     def _finish_state(
         self,
@@ -498,8 +503,7 @@ class Processor:
         if row != state_before:
             result.state = row
         timers = state.timers
-        if timers:
-            result.next_due = min(due_at for due_at, _ in timers.values())
+        result.next_due = min(due_at for due_at, _ in timers.values()) if timers else None
 
     def reroute(self, raw: bytes, source: tuple[str, int, int], key: bytes) -> Result:
         """Send a record that arrived on the wrong partition back to its topic, partitioned right."""
@@ -558,15 +562,6 @@ def decode_state_row(data: bytes | None) -> tuple[CustomerState | None, Applied]
         return None, NOTHING_APPLIED
     partition, offset = _ROW_HEADER.unpack_from(data)
     return decode_state(data[_ROW_HEADER.size :]), Applied(partition, offset)
-
-
-def _add_due(result: Result, deadlines: list[float]) -> Result:
-    """Lower the result's next due time to the earliest of `deadlines`."""
-    if deadlines:
-        soonest = min(deadlines)
-        if result.next_due is None or soonest < result.next_due:
-            result.next_due = soonest
-    return result
 
 
 def _find_open(pending: PendingSet, outcome: Outcome) -> OpenDecision | None:

@@ -63,9 +63,10 @@ from streams.processor import (
     Result,
     decode_pending,
     decode_state_row,
+    pending_deadlines,
 )
 from streams.settings import Settings
-from streams.timer_index import TimerIndex
+from streams.timer_index import KEEP, TimerIndex
 from streams.topics import TABLES, changelog_topic, producer_config
 
 log = logging.getLogger("kairos.rdkafka_worker")
@@ -693,7 +694,7 @@ class RdkafkaWorker:
                     self._row_count = max(0, self._row_count - 1)
                 if tables.pending.db.get(key) is not None:
                     rows.append(("pending", key, None))
-                self.timers.schedule(customer_id, None)
+                self.timers.cancel(customer_id)
             else:
                 if result.state is not None:
                     rows.append(("customers", key, result.state))
@@ -701,7 +702,7 @@ class RdkafkaWorker:
                         self._row_count += 1
                 if result.pending is not None:
                     rows.append(("pending", key, result.pending))
-                self.timers.schedule(customer_id, result.next_due)
+                self.timers.schedule(customer_id, result.next_due, result.next_deadline)
         self._write(tables, rows, [(o.topic, o.key, o.value, o.headers) for o in result.outputs])
         if self._row_count != rows_before:
             self.metrics.table_rows.labels(table="customers").set(self._row_count)
@@ -1067,14 +1068,9 @@ class RdkafkaWorker:
                 if dues:
                     self.timers.schedule(_text(key), min(dues))
             for key, data in tables.pending.db.items():
-                pending = decode_pending(data)
-                if pending.open:
-                    customer_id = _text(key)
-                    soonest = min(o.deadline for o in pending.open)
-                    current = self.timers.due_at.get(customer_id)
-                    self.timers.schedule(
-                        customer_id, soonest if current is None else min(current, soonest)
-                    )
+                deadlines = pending_deadlines(data if isinstance(data, bytes) else None)
+                if deadlines:
+                    self.timers.schedule(_text(key), KEEP, min(deadlines))
         self._row_count = rows
         self.metrics.table_rows.labels(table="customers").set(rows)
 

@@ -2,19 +2,53 @@
 
 from __future__ import annotations
 
+import enum
 import heapq
 from dataclasses import dataclass, field
 
 
+class Unchanged(enum.Enum):
+    """Marks a due time a processing result did not look at: the one already indexed stands."""
+
+    KEEP = "keep"
+
+
+#: A result's due time that is as it was (its row was not read, or nothing changed).
+KEEP = Unchanged.KEEP
+
+
 @dataclass
 class TimerIndex:
-    """Due times of this worker's customers (timers and attribution deadlines), soonest first."""
+    """Due times of this worker's customers, soonest first.
+
+    Each customer has two: the soonest timer of its state row (derived triggers) and the soonest
+    attribution deadline of its pending row. They are kept apart so that processing that reads
+    only one row (an event without a trigger never reads the pending row) updates only its own.
+    """
 
     heap: list[tuple[float, str]] = field(default_factory=list)
+    #: The soonest of the two, by customer: what fires.
     due_at: dict[str, float] = field(default_factory=dict)
+    timer_at: dict[str, float] = field(default_factory=dict)
+    deadline_at: dict[str, float] = field(default_factory=dict)
 
-    def schedule(self, customer_id: str, due: float | None) -> None:
-        """Remember the customer's next due time (None: nothing due)."""
+    def schedule(
+        self,
+        customer_id: str,
+        timer: float | Unchanged | None,
+        deadline: float | Unchanged | None = KEEP,
+    ) -> None:
+        """Set the customer's soonest timer and deadline (None: none; KEEP: as indexed)."""
+        for kind, value in ((self.timer_at, timer), (self.deadline_at, deadline)):
+            if value is KEEP:
+                continue
+            if value is None:
+                kind.pop(customer_id, None)
+            else:
+                kind[customer_id] = value
+        first = self.timer_at.get(customer_id)
+        second = self.deadline_at.get(customer_id)
+        due = second if first is None else first if second is None else min(first, second)
         if due is None:
             self.due_at.pop(customer_id, None)
             return
@@ -23,13 +57,23 @@ class TimerIndex:
         self.due_at[customer_id] = due
         heapq.heappush(self.heap, (due, customer_id))
 
+    def cancel(self, customer_id: str) -> None:
+        """Nothing is due for the customer any more (its rows were removed)."""
+        self.schedule(customer_id, None, None)
+
     def pop_due(self, now: float, limit: int = 10_000) -> list[str]:
-        """Customers whose due time has come (stale heap entries are skipped)."""
+        """Customers whose due time has come (stale heap entries are skipped).
+
+        A customer that comes out has nothing indexed any more: the tick that follows reads both
+        rows and schedules both due times again.
+        """
         out: list[str] = []
         while self.heap and self.heap[0][0] <= now and len(out) < limit:
             due, customer_id = heapq.heappop(self.heap)
             if self.due_at.get(customer_id) == due:
                 del self.due_at[customer_id]
+                self.timer_at.pop(customer_id, None)
+                self.deadline_at.pop(customer_id, None)
                 out.append(customer_id)
         return out
 
@@ -37,3 +81,5 @@ class TimerIndex:
         """Forget everything (before a rebuild after a rebalance)."""
         self.heap.clear()
         self.due_at.clear()
+        self.timer_at.clear()
+        self.deadline_at.clear()

@@ -17,6 +17,7 @@ from schemas.codec import decode_decision, decode_reward
 from streams.dead_letters import original_bytes
 from streams.processor import Processor, Result
 from streams.settings import Settings
+from streams.timer_index import KEEP, TimerIndex
 
 START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -438,3 +439,60 @@ def test_a_holdout_reward_teaches_an_uplift_baseline_and_nothing_to_a_reward_cam
         }
         rows.save(processor.on_outcome(orjson.dumps(outcome), rows, ("kairos.outcomes.v1", 0, 0)))
         assert runtime.bandit.version == before + (1 if learns else 0), campaign
+
+
+class CountingRows(Rows):
+    """Rows that count how often the pending row is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending_reads = 0
+
+    def pending(self, customer_id: str) -> bytes | None:
+        self.pending_reads += 1
+        return super().pending(customer_id)
+
+
+def test_due_times_survive_records_that_change_nothing_and_events_without_a_trigger(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = CountingRows()
+    index = TimerIndex()
+
+    def run(result: Result) -> Result:
+        """Apply a result the way both runtimes do: rows, then the customer's due times."""
+        rows.save(result)
+        assert result.customer_id is not None
+        index.schedule(result.customer_id, result.next_due, result.next_deadline)
+        return result
+
+    run(processor.on_event(raw_event(clock, "c9", "cart_add", price=60.0), rows, src()))
+    cart_timer = START.timestamp() + 1800.0
+    decided = run(
+        processor.on_event(raw_event(clock, "c9", "cart_abandoned", event_id="e-9"), rows, src())
+    )
+    (decision,) = decisions_of(decided, processor.settings)
+    deadline = decision.attribution_deadline.timestamp()
+    assert index.timer_at.get("c9") is None  # the explicit abandonment cleared the cart timer
+    assert index.deadline_at["c9"] == pytest.approx(deadline)
+    # An event without a trigger does not read the pending row, and keeps its deadline.
+    reads = rows.pending_reads
+    viewed = run(processor.on_event(raw_event(clock, "c9", "cart_add", price=10.0), rows, src()))
+    assert rows.pending_reads == reads
+    assert viewed.next_due == pytest.approx(cart_timer) and viewed.next_deadline is KEEP
+    assert index.due_at["c9"] == pytest.approx(min(cart_timer, deadline))
+    before = dict(index.due_at)
+    # A producer's resend of an event (caught by its id) and an outcome nobody can attribute
+    # change nothing: the customer's due times must stay, not be cancelled.
+    run(processor.on_event(raw_event(clock, "c9", "cart_abandoned", event_id="e-9"), rows, src()))
+    stray = orjson.dumps(
+        {
+            "outcome_id": "o-stray",
+            "customer_id": "c9",
+            "type": "opened",
+            "ts": clock.now().isoformat(),
+            "decision_id": None,
+        }
+    )
+    run(processor.on_outcome(stray, CountingRows(), ("o", 0, 1)))
+    assert index.due_at == before

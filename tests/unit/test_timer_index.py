@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.timer_index import TimerIndex
+from streams.timer_index import KEEP, TimerIndex
 
 
 def test_due_customers_come_out_once_in_time_order() -> None:
@@ -46,3 +46,27 @@ def test_each_customer_fires_at_most_once_at_its_last_scheduled_time(
     fired = index.pop_due(100.0)
     assert sorted(fired) == sorted(last)
     assert fired == sorted(fired, key=lambda c: last[c]) or len(set(last.values())) < len(last)
+
+
+def test_a_timer_and_a_deadline_are_kept_apart_and_the_soonest_fires() -> None:
+    index = TimerIndex()
+    index.schedule("a", 50.0, 20.0)
+    assert index.due_at["a"] == 20.0
+    # An event without a trigger reads only the state: the deadline stays as indexed.
+    index.schedule("a", 30.0, KEEP)
+    assert index.pop_due(25.0) == ["a"]
+    # What fired has nothing left: the tick that follows schedules both again.
+    assert index.timer_at == {} and index.deadline_at == {}
+
+
+def test_keeping_one_due_time_while_the_other_changes() -> None:
+    index = TimerIndex()
+    index.schedule("a", 40.0, 60.0)
+    index.schedule("a", None, KEEP)  # the state's timers are gone, the open decision stays
+    assert index.pop_due(50.0) == []
+    assert index.pop_due(60.0) == ["a"]
+    index.schedule("b", KEEP, KEEP)  # nothing read, nothing indexed: nothing due
+    assert "b" not in index.due_at
+    index.schedule("c", 10.0, 5.0)
+    index.cancel("c")
+    assert index.pop_due(100.0) == []
