@@ -368,7 +368,7 @@ class KairosApp:
             self._rebuild_index()
         for customer_id in self.timers.pop_due(self.clock.now().timestamp()):
             await self.ticks_topic.send(key=customer_id.encode(), value=b"")
-        self.metrics.pending_timers.set(len(self.timers.due_at))
+        self.metrics.pending_timers.set(self.timers.customers)
         self._report_lag()
 
     async def watch_loop_lag(self, interval_s: float = 0.01) -> None:
@@ -449,7 +449,7 @@ class KairosApp:
         self.metrics.table_rows.labels(table="customers").set(self._rows)
         log.info(
             "timer index rebuilt: %d customers in %.3f s",
-            len(self.timers.due_at),
+            self.timers.customers,
             time.perf_counter() - started,
         )
 

@@ -1114,7 +1114,7 @@ class RdkafkaWorker:
         return sent
 
     def _report_gauges(self) -> None:
-        self.metrics.pending_timers.set(len(self.timers.due_at))
+        self.metrics.pending_timers.set(self.timers.customers)
         self.metrics.table_rows.labels(table="customers").set(self._row_count)
         if self.consumer is None:
             return

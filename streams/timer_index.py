@@ -24,13 +24,20 @@ class TimerIndex:
     Each customer has two: the soonest timer of its state row (derived triggers) and the soonest
     attribution deadline of its pending row. They are kept apart so that processing that reads
     only one row (an event without a trigger never reads the pending row) updates only its own.
+    The customer is due at the sooner of the two; heap entries that no longer match are stale.
     """
 
     heap: list[tuple[float, str]] = field(default_factory=list)
-    #: The soonest of the two, by customer: what fires.
-    due_at: dict[str, float] = field(default_factory=dict)
     timer_at: dict[str, float] = field(default_factory=dict)
     deadline_at: dict[str, float] = field(default_factory=dict)
+    #: Customers with something due (either map), kept as a count for the gauge.
+    customers: int = 0
+
+    def due(self, customer_id: str) -> float | None:
+        """When the customer is due: the sooner of its timer and its deadline (None: never)."""
+        first = self.timer_at.get(customer_id)
+        second = self.deadline_at.get(customer_id)
+        return second if first is None else first if second is None else min(first, second)
 
     def schedule(
         self,
@@ -39,6 +46,7 @@ class TimerIndex:
         deadline: float | Unchanged | None = KEEP,
     ) -> None:
         """Set the customer's soonest timer and deadline (None: none; KEEP: as indexed)."""
+        before = self.due(customer_id)
         for kind, value in ((self.timer_at, timer), (self.deadline_at, deadline)):
             if value is KEEP:
                 continue
@@ -46,16 +54,10 @@ class TimerIndex:
                 kind.pop(customer_id, None)
             else:
                 kind[customer_id] = value
-        first = self.timer_at.get(customer_id)
-        second = self.deadline_at.get(customer_id)
-        due = second if first is None else first if second is None else min(first, second)
-        if due is None:
-            self.due_at.pop(customer_id, None)
-            return
-        if self.due_at.get(customer_id) == due:
-            return
-        self.due_at[customer_id] = due
-        heapq.heappush(self.heap, (due, customer_id))
+        after = self.due(customer_id)
+        self.customers += (after is not None) - (before is not None)
+        if after is not None and after != before:
+            heapq.heappush(self.heap, (after, customer_id))
 
     def cancel(self, customer_id: str) -> None:
         """Nothing is due for the customer any more (its rows were removed)."""
@@ -70,16 +72,14 @@ class TimerIndex:
         out: list[str] = []
         while self.heap and self.heap[0][0] <= now and len(out) < limit:
             due, customer_id = heapq.heappop(self.heap)
-            if self.due_at.get(customer_id) == due:
-                del self.due_at[customer_id]
-                self.timer_at.pop(customer_id, None)
-                self.deadline_at.pop(customer_id, None)
+            if self.due(customer_id) == due:
+                self.cancel(customer_id)
                 out.append(customer_id)
         return out
 
     def clear(self) -> None:
         """Forget everything (before a rebuild after a rebalance)."""
         self.heap.clear()
-        self.due_at.clear()
         self.timer_at.clear()
         self.deadline_at.clear()
+        self.customers = 0

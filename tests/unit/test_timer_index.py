@@ -43,15 +43,17 @@ def test_each_customer_fires_at_most_once_at_its_last_scheduled_time(
     for customer, due in schedule:
         index.schedule(customer, due)
         last[customer] = due
+    assert index.customers == len(last)
     fired = index.pop_due(100.0)
     assert sorted(fired) == sorted(last)
+    assert index.customers == 0
     assert fired == sorted(fired, key=lambda c: last[c]) or len(set(last.values())) < len(last)
 
 
 def test_a_timer_and_a_deadline_are_kept_apart_and_the_soonest_fires() -> None:
     index = TimerIndex()
     index.schedule("a", 50.0, 20.0)
-    assert index.due_at["a"] == 20.0
+    assert index.due("a") == 20.0
     # An event without a trigger reads only the state: the deadline stays as indexed.
     index.schedule("a", 30.0, KEEP)
     assert index.pop_due(25.0) == ["a"]
@@ -66,7 +68,9 @@ def test_keeping_one_due_time_while_the_other_changes() -> None:
     assert index.pop_due(50.0) == []
     assert index.pop_due(60.0) == ["a"]
     index.schedule("b", KEEP, KEEP)  # nothing read, nothing indexed: nothing due
-    assert "b" not in index.due_at
+    assert index.due("b") is None and index.customers == 0
     index.schedule("c", 10.0, 5.0)
+    assert index.customers == 1
     index.cancel("c")
+    assert index.customers == 0
     assert index.pop_due(100.0) == []
