@@ -173,7 +173,14 @@ start() {
              -Djava.awt.headless=true "-Dlog4j2.configurationFile=$run_dir/log4j2.yaml" -cp "$(classpath)")
   if [ ! -f "$run_dir/data/meta.properties" ]; then
     local cluster_id
-    cluster_id="$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    # A random base64 id; never one that starts with "-", which the storage tool would read as
+    # an option (a CI run failed so: "argument --cluster-id/-t: expected one argument").
+    cluster_id="$(python3 -c 'import base64,uuid
+while True:
+    i = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not i.startswith("-"):
+        break
+print(i)')"
     "${jvm[@]}" kafka.tools.StorageTool format -t "$cluster_id" -c "$run_dir/server.properties" \
         >"$run_dir/format.log" 2>&1 || { cat "$run_dir/format.log" >&2; die "could not format KRaft storage"; }
   fi
