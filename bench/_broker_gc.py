@@ -8,11 +8,12 @@ system under test. The all-in p99 stays the headline figure.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from bench._proc_stats import broker_run_dir
 
 # [2026-12-02T02:27:27.256+0000][0.514s] GC(0) Pause Young (Normal) (G1 Evacuation Pause) 26M->6M(512M) 10.719ms
 _PAUSE = re.compile(
@@ -36,7 +37,7 @@ class Pause:
 
 def gc_log_path(repo: Path) -> Path:
     """Where deploy/kafka/kafka.sh has the local broker log its GC pauses."""
-    return Path(os.environ.get("KAIROS_KAFKA_RUN_DIR", repo / ".run/kafka")) / "gc.log"
+    return broker_run_dir(repo) / "gc.log"
 
 
 def parse_pauses(text: str) -> list[Pause]:

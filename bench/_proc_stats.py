@@ -92,9 +92,14 @@ def package_version(name: str) -> str:
         return "?"
 
 
+def broker_run_dir(repo: Path) -> Path:
+    """Where deploy/kafka/kafka.sh keeps the local broker's PID, port, logs and data."""
+    return Path(os.environ.get("KAIROS_KAFKA_RUN_DIR", repo / ".run/kafka"))
+
+
 def broker_pid(repo: Path) -> int:
     """The PID of the local broker started by deploy/kafka/kafka.sh, or 0 when there is none."""
-    run_dir = Path(os.environ.get("KAIROS_KAFKA_RUN_DIR", repo / ".run/kafka"))
+    run_dir = broker_run_dir(repo)
     try:
         pid = int((run_dir / "kafka.pid").read_text().strip())
     except (OSError, ValueError):
