@@ -146,6 +146,8 @@ class StepResult:
     gc_pauses: list[Pause] | None = None
     #: p99 of the triggers whose path (sent to received) overlapped no broker GC pause.
     p99_clear_ms: float = float("nan")
+    #: The load generator's producer linger in this step (run_step).
+    linger_ms: int = 0
 
     @property
     def gc_pause_ms(self) -> float:
@@ -185,13 +187,22 @@ class StepContext:
 
 
 def run_step(
-    ctx: StepContext, rate: float, mix: str, warmup_s: float, measure_s: float
+    ctx: StepContext,
+    rate: float,
+    mix: str,
+    warmup_s: float,
+    measure_s: float,
+    linger_ms: int = 0,
 ) -> StepResult:
-    """Offer `rate` events/s for warmup_s + measure_s and measure the records sent after warm-up."""
+    """Offer `rate` events/s for warmup_s + measure_s and measure the records sent after warm-up.
+
+    `linger_ms` is the generator's producer linger: 0 sends each event in a request of its own;
+    more lets it batch, as an event source at thousands of events/s would. Latency still counts
+    from the send call, so a record's wait in the generator's batch is part of it.
+    """
     ctx.seed += 1
     spec = LoadSpec(
-        # linger 0: latency counts from the send call, so the generator must not hold records.
-        producer_config=producer_config(ctx.settings, **{"linger.ms": 0}),
+        producer_config=producer_config(ctx.settings, **{"linger.ms": linger_ms}),
         topic=ctx.input_topic,
         rate=rate,
         duration_s=warmup_s + measure_s,
@@ -242,6 +253,7 @@ def run_step(
             break
     pauses = read_pauses(ctx.gc_log) if ctx.gc_log is not None else None
     result = summarise(ctx.system, mix, rate, report, arrivals, measure_from, cpu, lags, end_lag)
+    result.linger_ms = linger_ms
     return attribute_broker_pauses(result, arrivals, measure_from, report.finished_ns, pauses)
 
 
