@@ -30,6 +30,7 @@ Kairos decides and stores, and drops the framework between Kafka and the process
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -87,8 +88,13 @@ class WorkerFailedError(RuntimeError):
     """A condition the worker cannot go on from (a failed delivery or transaction)."""
 
 
+@functools.lru_cache(maxsize=65_536)
 def partition_of(key: bytes, partitions: int) -> int:
-    """The partition murmur2 gives a key: where Kafka clients (Java, aiokafka) put it."""
+    """The partition murmur2 gives a key: where Kafka clients (Java, aiokafka) put it.
+
+    Asked for every record (is it on its customer's partition?): aiokafka's murmur2 is pure
+    Python (~2.8 µs for a short key), a cache hit ~0.1 µs, and customers come back.
+    """
     return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
@@ -299,20 +305,43 @@ class PartitionTables:
         return self.customers if table == "customers" else self.pending
 
 
+class _StagedWrites:
+    """One partition's writes of the current loop turn, written and sent together (`_flush`).
+
+    Rows keep only their newest value (a customer written twice in a turn costs one row write
+    and one changelog record); outputs keep their order.
+    """
+
+    __slots__ = ("outputs", "rows", "tables")
+
+    def __init__(self, tables: PartitionTables) -> None:
+        self.tables = tables
+        self.rows: dict[tuple[str, bytes], bytes | None] = {}
+        self.outputs: list[OutputRecord] = []
+
+
 class _Rows:
-    """The processor's view of one partition's tables (CustomerRows)."""
+    """The processor's view of one partition's tables (CustomerRows): staged rows, then RocksDB."""
 
     tables: PartitionTables | None = None
 
-    def state(self, customer_id: str) -> bytes | None:
+    def __init__(self, staged: dict[int, _StagedWrites]) -> None:
+        self.staged = staged
+
+    def row(self, table: str, key: bytes) -> bytes | None:
+        """The newest value of a row: staged in this turn, else stored (None: absent)."""
         assert self.tables is not None
-        value = self.tables.customers.db.get(customer_id.encode())
-        return value if isinstance(value, bytes) else None
+        staged = self.staged.get(self.tables.partition)
+        if staged is not None and (table, key) in staged.rows:
+            return staged.rows[(table, key)]  # None: deleted in this turn
+        found = self.tables.store(table).db.get(key)
+        return found if isinstance(found, bytes) else None
+
+    def state(self, customer_id: str) -> bytes | None:
+        return self.row("customers", customer_id.encode())
 
     def pending(self, customer_id: str) -> bytes | None:
-        assert self.tables is not None
-        value = self.tables.pending.db.get(customer_id.encode())
-        return value if isinstance(value, bytes) else None
+        return self.row("pending", customer_id.encode())
 
 
 @dataclass
@@ -394,7 +423,11 @@ class RdkafkaWorker:
         #: Guards opening and closing stores against readers on the web server's thread.
         self.tables_lock = threading.Lock()
         self._options = _store_options(settings)
-        self._rows = _Rows()
+        #: Writes of the current loop turn by partition, flushed together (_flush).
+        self._staged: dict[int, _StagedWrites] = {}
+        self._staged_since = 0.0
+        self._flush_after_s = settings.write_batch_ms / 1000
+        self._rows = _Rows(self._staged)
         self._epochs = _CommitEpochs()
         #: This incarnation's id, in a header of every changelog record it writes.
         self.writer = uuid.uuid4().hex
@@ -524,7 +557,13 @@ class RdkafkaWorker:
                 if message is not None:
                     self._handle(message)
                     for more in self.consumer.consume(BATCH, 0):
+                        if (
+                            self._staged
+                            and time.perf_counter() - self._staged_since >= self._flush_after_s
+                        ):
+                            self._flush()  # bounds how long a turn's first decision waits
                         self._handle(more)
+                    self._flush()
                 if self._callback_error is not None:
                     raise WorkerFailedError(f"rebalance failed: {self._callback_error!r}")
                 self._serve_producers()
@@ -533,6 +572,7 @@ class RdkafkaWorker:
                         f"a record was not delivered: {self._epochs.failure.str()}"
                     )
                 self._fire_timers()
+                self._flush()
                 now = time.monotonic()
                 if now >= next_commit:
                     self._commit()
@@ -548,6 +588,7 @@ class RdkafkaWorker:
                     next_sweep = now + s.state_sweep_interval_s
                 if self._sweep is not None:
                     self._advance_sweep()
+                    self._flush()
                 self.metrics.loop_lag.observe(time.perf_counter() - busy_from)
         except (WorkerFailedError, KafkaException) as exc:
             failed = exc
@@ -650,31 +691,84 @@ class RdkafkaWorker:
             except BufferError:  # librdkafka's queue is full: serve deliveries, then retry
                 producer.poll(0.005)
 
+    def _stage(
+        self,
+        tables: PartitionTables,
+        rows: list[RowWrite],
+        outputs: list[OutputRecord],
+    ) -> None:
+        """Keep a record's rows and outputs for this turn's flush; later reads see the rows."""
+        if not rows and not outputs:
+            return
+        staged = self._staged.get(tables.partition)
+        if staged is None:
+            if not self._staged:
+                self._staged_since = time.perf_counter()
+            staged = self._staged[tables.partition] = _StagedWrites(tables)
+        for table, key, value in rows:
+            staged.rows[(table, key)] = value
+        staged.outputs.extend(outputs)
+        if self._flush_after_s <= 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write and send what this turn staged: one note, one batch per table, for all records.
+
+        Group commit: a RocksDB write costs a write() of its WAL, so a turn of N records makes
+        a few writes instead of 3 per record. The outputs of a turn leave together, after its
+        notes; `write_batch_ms` bounds how long a turn collects before it flushes.
+        """
+        if not self._staged:
+            return
+        staged = list(self._staged.values())
+        self._staged.clear()
+        self._write_all([(s.tables, list(_row_writes(s.rows)), s.outputs) for s in staged])
+
     def _write(
         self,
         tables: PartitionTables,
         rows: list[RowWrite],
         outputs: list[OutputRecord],
     ) -> None:
-        """Note a record's rows and outputs (at least once), send the outputs, write the rows.
+        """Note, send and write one partition's rows and outputs at once (see _write_all)."""
+        self._write_all([(tables, rows, outputs)])
+
+    def _write_all(
+        self, writes: list[tuple[PartitionTables, list[RowWrite], list[OutputRecord]]]
+    ) -> None:
+        """Note each partition's rows and outputs (at least once), send the outputs, write the rows.
 
         The outputs (decisions first of all) leave before the table writes, which they do not
         wait for: once noted, a crash anywhere after is redone from the note. Rows (value None:
-        a delete) go to their table and to its changelog partition.
+        a delete) go to their table in one write batch per table, and to its changelog partition.
         """
-        if tables.unacked is not None and (rows or outputs):
-            tables.unacked.note(self._epochs.current, rows, outputs)
-        for topic, out_key, out_value, headers in outputs:
-            self._produce(topic, out_key, out_value, headers=headers)
-        for table, key, value in rows:
-            db = tables.store(table).db
-            if value is None:
-                db.delete(key)
-            else:
-                db.put(key, value)
-            self._produce(
-                self._changelogs[table], key, value, tables.partition, headers=self._writer_header
-            )
+        epoch = self._epochs.current
+        for tables, rows, outputs in writes:
+            if tables.unacked is not None and (rows or outputs):
+                tables.unacked.note(epoch, rows, outputs)
+        for _, _, outputs in writes:
+            for topic, out_key, out_value, headers in outputs:
+                self._produce(topic, out_key, out_value, headers=headers)
+        for tables, rows, _ in writes:
+            if not rows:
+                continue
+            batches = {table: rocksdict.WriteBatch(raw_mode=True) for table in TABLES}
+            for table, key, value in rows:
+                if value is None:
+                    batches[table].delete(key)
+                else:
+                    batches[table].put(key, value)
+            for table, batch in batches.items():
+                if len(batch):
+                    tables.store(table).db.write(batch)
+            for table, key, value in rows:
+                self._produce(
+                    self._changelogs[table],
+                    key,
+                    value,
+                    tables.partition,
+                    headers=self._writer_header,
+                )
 
     def _begin(self) -> None:
         if self.exactly_once and not self._in_transaction:
@@ -689,10 +783,11 @@ class RdkafkaWorker:
         if customer_id is not None:
             key = customer_id.encode()
             if result.expired:
-                if tables.customers.db.get(key) is not None:
+                self._rows.tables = tables
+                if self._rows.row("customers", key) is not None:
                     rows.append(("customers", key, None))
                     self._row_count = max(0, self._row_count - 1)
-                if tables.pending.db.get(key) is not None:
+                if self._rows.row("pending", key) is not None:
                     rows.append(("pending", key, None))
                 self.timers.cancel(customer_id)
             else:
@@ -703,7 +798,7 @@ class RdkafkaWorker:
                 if result.pending is not None:
                     rows.append(("pending", key, result.pending))
                 self.timers.schedule(customer_id, result.next_due, result.next_deadline)
-        self._write(tables, rows, [(o.topic, o.key, o.value, o.headers) for o in result.outputs])
+        self._stage(tables, rows, [(o.topic, o.key, o.value, o.headers) for o in result.outputs])
         if self._row_count != rows_before:
             self.metrics.table_rows.labels(table="customers").set(self._row_count)
 
@@ -769,6 +864,7 @@ class RdkafkaWorker:
     # ---- commits ------------------------------------------------------------------------------
 
     def _commit(self) -> None:
+        self._flush()  # the offsets about to close their epoch are of records written and sent
         if self.exactly_once:
             self._commit_transaction()
         else:
@@ -791,6 +887,7 @@ class RdkafkaWorker:
 
     def _drain(self) -> None:
         """Every produced record acknowledged, and the processed offsets committed (a barrier)."""
+        self._flush()
         if self.exactly_once:
             self._commit_transaction()
             return
@@ -828,6 +925,7 @@ class RdkafkaWorker:
         self._sweep = None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._flush()  # records of this turn handled before the rebalance
         self.rebalancing = True
         self.metrics.set_state("recovering")
         numbers = sorted({tp.partition for tp in partitions} - set(self.tables))
@@ -1173,6 +1271,12 @@ class RdkafkaWorker:
             if producer is not None:
                 producer.flush(5.0)
         log.info("worker stopped", extra={"clean": clean})
+
+
+def _row_writes(rows: dict[tuple[str, bytes], bytes | None]) -> Iterator[RowWrite]:
+    """Staged rows as row writes (table, key, value)."""
+    for (table, key), value in rows.items():
+        yield table, key, value
 
 
 def _partitions(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:

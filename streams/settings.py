@@ -147,6 +147,14 @@ class Settings(BaseSettings):
         "per fetch, fewer requests for the broker and fewer wake-ups for the worker.",
     )
     consumer_fetch_max_wait_ms: int = Field(default=10, ge=0)
+    write_batch_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="rdkafka runtime: records handled in one loop turn are written to RocksDB "
+        "and sent together once the turn has collected this long (or has nothing more to "
+        "read): one WAL write per table instead of three per record. 0 = after every record; "
+        "it bounds how long the first decision of a burst waits (BENCHMARKS.md, Latency).",
+    )
     producer_client: Literal["librdkafka", "aiokafka"] = Field(
         default="librdkafka",
         description="Which client sends the worker's records (decisions, changelogs, ticks): "

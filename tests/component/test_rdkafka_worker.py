@@ -1,12 +1,20 @@
-"""The rdkafka runtime's own parts without a broker: commit epochs and checkpointed stores."""
+"""The rdkafka runtime's own parts without a broker: commit epochs, stores, a turn's writes."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from engine.campaign import builtin_campaign
+from engine.clock import ManualClock
 from streams.learner import RecentIds
+from streams.processor import decode_state_row
 from streams.rdkafka_worker import (
+    PartitionTables,
+    RdkafkaWorker,
     TableStore,
     UnackedWrites,
     _CommitEpochs,
@@ -14,6 +22,7 @@ from streams.rdkafka_worker import (
     partition_of,
 )
 from streams.settings import Settings
+from streams.topics import TABLES, changelog_topic
 
 
 def test_offsets_commit_only_once_every_record_before_them_is_acknowledged() -> None:
@@ -152,3 +161,125 @@ def test_the_learner_drops_a_repeated_reward_record_but_forgets_old_ids() -> Non
     assert recent.first_time("d2")
     assert recent.first_time("d3")  # d1 is now beyond the window
     assert recent.first_time("d1")
+
+
+class _Message:
+    """A consumed record as confluent-kafka hands it over (the parts the worker reads)."""
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes, value: bytes) -> None:
+        self._where = (topic, partition, offset)
+        self._key = key
+        self._value = value
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._where[0]
+
+    def partition(self) -> int:
+        return self._where[1]
+
+    def offset(self) -> int:
+        return self._where[2]
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class _Producer:
+    """Records what the worker produces, in order, without a broker."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None]] = []
+
+    def produce(
+        self, topic: str, value: bytes | None, key: bytes, partition: int = -1, **_: Any
+    ) -> None:
+        self.sent.append((topic, key, value))
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+
+def _worker_on(tmp_path: Path, write_batch_ms: float) -> tuple[RdkafkaWorker, _Producer, int]:
+    """A worker holding the tables of one partition, its producer a recorder."""
+    settings = Settings(data_dir=tmp_path, write_batch_ms=write_batch_ms)
+    clock = ManualClock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    worker = RdkafkaWorker(settings, [builtin_campaign("cart_abandonment")], clock)
+    producer = _Producer()
+    worker.producer = producer  # type: ignore[assignment]
+    p = partition_of(b"c1", settings.partitions)
+    options = _store_options(settings)
+    root = settings.data_dir / "rdkafka"
+    worker.tables[p] = PartitionTables(
+        p,
+        TableStore(root, "customers", p, options, keep_crashed=True),
+        TableStore(root, "pending", p, options, keep_crashed=True),
+        UnackedWrites(root, p, options),
+    )
+    worker.ready = True
+    return worker, producer, p
+
+
+def _event(worker: RdkafkaWorker, p: int, offset: int, kind: str, **fields: Any) -> _Message:
+    value = orjson.dumps(
+        {
+            "event_id": f"e{offset}",
+            "customer_id": "c1",
+            "type": kind,
+            "ts": worker.clock.now().isoformat(),
+            **fields,
+        }
+    )
+    return _Message(worker.settings.topics.events, p, offset, b"c1", value)
+
+
+def test_a_turn_writes_and_sends_its_records_together_and_reads_its_own_rows(
+    tmp_path: Path,
+) -> None:
+    worker, producer, p = _worker_on(tmp_path, write_batch_ms=1000.0)
+    tables = worker.tables[p]
+    worker._handle(_event(worker, p, 0, "cart_add", product_id="sku", quantity=1, price=40.0))
+    worker._handle(_event(worker, p, 1, "cart_abandoned"))
+    # Staged, not yet written or sent.
+    assert producer.sent == []
+    assert tables.customers.db.get(b"c1") is None
+    assert tables.unacked is not None and tables.unacked.rows() == {}
+    worker._flush()
+    state_row = tables.customers.db.get(b"c1")
+    state, applied = decode_state_row(state_row)
+    # The second event saw the first one's staged state: both applied, the cart is kept.
+    assert applied.offset == 1
+    assert state is not None and "sku" in state.cart
+    names = worker.settings.topics
+    decisions = [value for topic, _, value in producer.sent if topic == names.decisions]
+    changelogs = [(topic, value) for topic, _, value in producer.sent if topic.endswith("changelog")]
+    assert len(decisions) == 1
+    # One changelog record per row of the turn (the newest value), not one per record.
+    assert sorted(topic for topic, _ in changelogs) == sorted(
+        changelog_topic(worker.settings, table) for table in TABLES
+    )
+    assert (changelog_topic(worker.settings, "customers"), state_row) in changelogs
+    # The decision left before the changelog records; the note holds what was sent.
+    assert producer.sent[0][0] == names.decisions
+    assert tables.unacked.rows()[("customers", b"c1")] == state_row
+    assert [value for _, _, value, _ in tables.unacked.outputs()] == decisions
+    for store in tables.stores():
+        store.close(changelog_offset=None)
+    tables.unacked.close()
+
+
+def test_with_no_write_batch_each_record_is_written_and_sent_at_once(tmp_path: Path) -> None:
+    worker, producer, p = _worker_on(tmp_path, write_batch_ms=0.0)
+    tables = worker.tables[p]
+    worker._handle(_event(worker, p, 0, "cart_add", product_id="sku", quantity=1, price=40.0))
+    assert tables.customers.db.get(b"c1") is not None
+    assert len(producer.sent) == 1  # the customers row's changelog record
+    for store in tables.stores():
+        store.close(changelog_offset=None)
+    assert tables.unacked is not None
+    tables.unacked.close()
