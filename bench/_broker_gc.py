@@ -15,9 +15,10 @@ from pathlib import Path
 
 from bench._proc_stats import broker_run_dir
 
-# [2026-12-02T02:27:27.256+0000][0.514s] GC(0) Pause Young (Normal) (G1 Evacuation Pause) 26M->6M(512M) 10.719ms
+# G1: [2026-12-02T02:27:27.256+0000][0.514s] GC(0) Pause Young (Normal) (G1 Evacuation Pause) 26M->6M(512M) 10.719ms
+# ZGC (gc+phases): [2026-12-06T03:09:04.328+0000][1.367s] GC(0) Pause Mark Start 0.009ms
 _PAUSE = re.compile(
-    r"^\[(?P<time>[^\]]+)\]\[[^\]]*\] GC\(\d+\) (?P<kind>Pause [^(]+?) .*? (?P<ms>[\d.]+)ms$"
+    r"^\[(?P<time>[^\]]+)\]\[[^\]]*\] GC\(\d+\) (?P<kind>Pause(?: [A-Z][a-z]+)+) (?:.*? )?(?P<ms>[\d.]+)ms$"
 )
 
 

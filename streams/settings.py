@@ -138,6 +138,12 @@ class Settings(BaseSettings):
         "have a client of their own without linger (BENCHMARKS.md, Latency).",
     )
     producer_acks: int = Field(default=-1, ge=-1, le=1, description="-1 = all replicas")
+    producer_compression: Literal["none", "lz4", "zstd", "snappy", "gzip"] = Field(
+        default="none",
+        description="Compression of the worker's produced batches (decisions, changelogs, "
+        "rewards), for links where bytes cost more than CPU. On one shared 2-core machine lz4 "
+        "cost the broker CPU and the p99 (BENCHMARKS.md, Latency), hence none.",
+    )
     commit_interval_s: float = Field(default=1.0, gt=0)
     consumer_fetch_min_bytes: int = Field(
         default=1,

@@ -163,6 +163,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
             "enable.idempotence": True,
             "acks": "all",
             "message.max.bytes": MAX_RECORD_BYTES,
+            "compression.type": settings.producer_compression,
         }
     )
     config.update(overrides)

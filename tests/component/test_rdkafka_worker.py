@@ -257,7 +257,9 @@ def test_a_turn_writes_and_sends_its_records_together_and_reads_its_own_rows(
     assert state is not None and "sku" in state.cart
     names = worker.settings.topics
     decisions = [value for topic, _, value in producer.sent if topic == names.decisions]
-    changelogs = [(topic, value) for topic, _, value in producer.sent if topic.endswith("changelog")]
+    changelogs = [
+        (topic, value) for topic, _, value in producer.sent if topic.endswith("changelog")
+    ]
     assert len(decisions) == 1
     # One changelog record per row of the turn (the newest value), not one per record.
     assert sorted(topic for topic, _ in changelogs) == sorted(

@@ -66,3 +66,22 @@ def test_the_clear_p99_leaves_out_only_the_triggers_caught_by_a_pause() -> None:
         StepResult("kairos", "triggers", 200.0, report), arrivals, start, report.finished_ns, None
     )
     assert bare.gc_pauses is None
+
+
+ZGC_LOG = """\
+[2026-12-06T03:09:04.300+0000][1.300s] GC(0) Garbage Collection (Warmup) 210M(10%)->42M(2%)
+[2026-12-06T03:09:04.328+0000][1.367s] GC(0) Pause Mark Start 0.009ms
+[2026-12-06T03:09:04.350+0000][1.390s] GC(0) Concurrent Mark 21.004ms
+[2026-12-06T03:09:04.361+0000][1.400s] GC(0) Pause Mark End 0.014ms
+[2026-12-06T03:09:04.383+0000][1.422s] GC(0) Pause Relocate Start 0.012ms
+"""
+
+
+def test_zgc_pauses_are_read_and_its_concurrent_phases_are_not() -> None:
+    pauses = parse_pauses(ZGC_LOG)
+    assert [p.kind for p in pauses] == [
+        "Pause Mark Start",
+        "Pause Mark End",
+        "Pause Relocate Start",
+    ]
+    assert [p.duration_ns for p in pauses] == [9_000, 14_000, 12_000]
