@@ -107,6 +107,19 @@ def broker_pid(repo: Path) -> int:
     return pid if process_cpu_s(pid) is not None else 0
 
 
+def broker_jvm(pid: int) -> str:
+    """The broker JVM's collector and heap, from its command line ('' if it cannot be read)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except (OSError, ValueError):
+        return ""
+    collectors = {"-XX:+UseZGC": "ZGC", "-XX:+UseG1GC": "G1", "-XX:+UseParallelGC": "Parallel GC"}
+    found = [collectors[a] for a in args if a in collectors]
+    heap = [a.removeprefix("-Xmx") for a in args if a.startswith("-Xmx")]
+    parts = ([found[-1]] if found else []) + ([f"{heap[-1]} heap"] if heap else [])
+    return ", ".join(parts)
+
+
 def wait_quiet(max_busy_pct: float = 25.0, timeout_s: float = 180.0) -> float:
     """Wait until the machine is mostly idle (other jobs skew latency); return the last busy %."""
     deadline = time.monotonic() + timeout_s
