@@ -611,31 +611,34 @@ def render(run: Run, args: argparse.Namespace) -> str:
 LIMITS_TEXT = """
 **Two runtimes, one machine.** The default worker is the rdkafka runtime (one confluent-kafka
 loop, streams/rdkafka_worker.py); "Kairos on Faust" is the same processor on Faust agents
-(`KAIROS_RUNTIME=faust`). This run is on an Intel Xeon (2 cores), faster than the AMD EPYC of
-2026-12-01: the bare confluent-kafka loop's p99 at 1,000/s is 4.3 ms here (3.4-10.6 ms over six
-runs on 2026-12-02). **In this run both latency goals are met** (8.07 ms at 1,000 triggers/s,
-1.9x the bare loop), **but not reliably:** 14 one-worker steps at 1,000 triggers/s on 2026-12-02
-(warm broker) gave p99 6.7-21.6 ms, median 15 ms, and 3 of them met 10 ms; the 6 with the 2 GiB
-broker heap below gave 6.7-14.8 ms, median 11 ms. **The tail has
-two causes that the tables above separate.** (1) The broker's GC: a young pause of 10-25 ms stops
-every record in flight. With the former 512 MiB broker heap G1 had ~280 MB of eden and paused every
-~2.5 s at 1,000 decisions/s (5-6 pauses per step); deploy/kafka/kafka.sh now gives the broker
-2 GiB, and a step sees 1-2 pauses. (2) CPU contention: at 1,000 triggers/s the machine is ~80%
-busy, the worker's main thread waits runnable for 21.5% of the time (84 µs per time slice on
-average, /proc schedstat) and the broker's request threads wait as long as they run; a record
-crosses six to eight threads between the load generator and the reader. `p99 clear of GC` above
-is what is left without (1). **Backlog:** the rdkafka worker drains 7,618 mixed events/s at 139 µs
-of CPU per event, 2.9x the Faust runtime (2,666/s at 399 µs) and above the bare Faust agent
-(4,098/s). **Paced mixed stream:** one worker keeps up at 3,000 events/s (p99 339 ms) and falls
-behind at 4,000/s; 5,000 is **missed**. At 4,000/s the broker (75%), the load generator (29%)
-and the worker (64%) keep the machine 87% busy. Per trigger the worker moves ~16 KB: the decision
-record is 3.2 KB (the probabilities and scores of all 16 actions and 51 features are most of it),
-the pending row holds it again (3 KB), the unacknowledged-writes note holds both, and the
-changelogs carry the rows; a RocksDB write costs 3 µs at 200 bytes and 16.5 µs at 6.4 KB (tight
-loop, this machine), and three writes merged into one batch of the same bytes cost the same, so
-the bytes, not the number of writes, are what to cut. What would move it: a leaner decision
-record (a schema change), not reading the pending row for events without a trigger (12% of the
-profile at 4,000/s), and a broker on cores of its own.
+(`KAIROS_RUNTIME=faust`). Intel Xeon, 2 cores, 2026-12-06. **Group commit** (a loop turn's records
+noted, sent and written together, `KAIROS_WRITE_BATCH_MS` 2 ms) took the rdkafka worker's backlog
+drain from 127-159 to 88-94 µs of CPU per event (40,000 mixed events, 3 rounds each, before and
+after); the WAL's `write()` had been ~19% of its main thread. Paced at 5,000 mixed events/s
+(linger 5), alternating: with it the worker kept up twice (p99 39 and 45 ms), without it
+(`KAIROS_WRITE_BATCH_MS=0`) it fell behind twice (p99 1.8 and 2.0 s); the trigger p99 at 1,000/s
+did not tell the two apart (12-15 against 9-15 ms). **The broker runs ZGC** (deploy/kafka/kafka.sh):
+G1's 15-20 ms young pauses stopped every record in flight; alternating brokers, Kairos p99 at
+1,000 triggers/s was 8.6 and 7.1 ms on ZGC against 11.5 and 7.8 ms on G1, at the same broker CPU.
+**Spread:** the default worker's p99 at 1,000 triggers/s over today's runs was 7.1-10.1 ms on ZGC
+(5 runs, median 8.6, 4 under 10 ms) and 6.7-15.2 ms on G1 (9 runs, median 11.5, 4 under 10 ms);
+the bare loop's 1.7-3.2 ms, so Kairos is 2.7-3.6x the floor and **the 2x goal is missed** in every
+run. **5,000 mixed events/s** was kept up in each of 11 runs made after a single trigger step
+(p99 18-85 ms), but in only 1 of 3 runs made after the whole trigger series, this one included: by
+then ~50,000 decisions are open, and each trigger and outcome decodes and re-encodes the
+customer's whole pending row (3 KB per open decision). **Where the CPU goes:** at 1,000
+triggers/s the worker uses ~60% of a core, the main thread ~48% (/proc task stats), i.e. ~480 µs
+per trigger, against ~110 µs for the processor alone in a tight loop and 150-180 µs with 1 ms
+between records (cold caches); RocksDB and staging add ~90 µs tight, ~160 µs paced. The machine
+is ~80% busy at 1,000 triggers/s (broker ~65%, worker ~62%, load generator and reader ~13% each),
+so a trigger often waits for a core. **Tried, not kept:** lz4 on the worker's producers (broker CPU
+64% -> 68-70%, p99 13.5 ms against 6.7-7.4 ms; `KAIROS_PRODUCER_COMPRESSION` stays `none`); a
+write-through row cache in front of RocksDB (in process, 100,000 customers: 127 against 122 µs per
+event tight, 213-241 against 205-213 µs paced: no gain). **What would move it:** open decisions
+kept pre-encoded in the pending row and decoded only when an outcome or a deadline needs them (a
+row-format change); the note and both tables in one RocksDB database (column families), one WAL
+write per turn instead of three; a leaner decision record (3.2 KB JSON, a schema change); a
+broker on cores of its own.
 """
 
 
