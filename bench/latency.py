@@ -624,9 +624,9 @@ G1's 15-20 ms young pauses stopped every record in flight; alternating brokers, 
 (5 runs, median 8.6, 4 under 10 ms) and 6.7-15.2 ms on G1 (9 runs, median 11.5, 4 under 10 ms);
 the bare loop's 1.7-3.2 ms, so Kairos is 2.7-3.6x the floor and **the 2x goal is missed** in every
 run. **5,000 mixed events/s** was kept up in each of 11 runs made after a single trigger step
-(p99 18-85 ms), but in only 1 of 3 runs made after the whole trigger series, this one included: by
-then ~50,000 decisions are open, and each trigger and outcome decodes and re-encodes the
-customer's whole pending row (3 KB per open decision). **Where the CPU goes:** at 1,000
+(p99 18-85 ms), but in only 1 of 3 runs made after the whole trigger series, this one included
+(by then ~50,000 decisions are open and the tables hold ~100,000 customers; which of the bigger
+rows, RocksDB's compactions or the broker's larger logs costs the margin is not measured yet). **Where the CPU goes:** at 1,000
 triggers/s the worker uses ~60% of a core, the main thread ~48% (/proc task stats), i.e. ~480 µs
 per trigger, against ~110 µs for the processor alone in a tight loop and 150-180 µs with 1 ms
 between records (cold caches); RocksDB and staging add ~90 µs tight, ~160 µs paced. The machine
@@ -634,11 +634,12 @@ is ~80% busy at 1,000 triggers/s (broker ~65%, worker ~62%, load generator and r
 so a trigger often waits for a core. **Tried, not kept:** lz4 on the worker's producers (broker CPU
 64% -> 68-70%, p99 13.5 ms against 6.7-7.4 ms; `KAIROS_PRODUCER_COMPRESSION` stays `none`); a
 write-through row cache in front of RocksDB (in process, 100,000 customers: 127 against 122 µs per
-event tight, 213-241 against 205-213 µs paced: no gain). **What would move it:** open decisions
-kept pre-encoded in the pending row and decoded only when an outcome or a deadline needs them (a
-row-format change); the note and both tables in one RocksDB database (column families), one WAL
-write per turn instead of three; a leaner decision record (3.2 KB JSON, a schema change); a
-broker on cores of its own.
+event tight, 213-241 against 205-213 µs paced: no gain); open decisions kept in the pending row
+as the decision's JSON, decoded only when needed (decoding and encoding a row of 3 open decisions
+15.1 -> 1.6 µs, ~12% of a trigger's in-process cost, less with fewer open; but the row
+18% larger and a row-format change). **What would move it:** the note and both tables in one RocksDB database
+(column families), one WAL write per turn instead of three; a leaner decision record (3.2 KB JSON,
+a schema change); a broker on cores of its own.
 """
 
 
