@@ -620,13 +620,16 @@ after); the WAL's `write()` had been ~19% of its main thread. Paced at 5,000 mix
 did not tell the two apart (12-15 against 9-15 ms). **The broker runs ZGC** (deploy/kafka/kafka.sh):
 G1's 15-20 ms young pauses stopped every record in flight; alternating brokers, Kairos p99 at
 1,000 triggers/s was 8.6 and 7.1 ms on ZGC against 11.5 and 7.8 ms on G1, at the same broker CPU.
-**Spread:** the default worker's p99 at 1,000 triggers/s over today's runs was 7.1-10.1 ms on ZGC
-(5 runs, median 8.6, 4 under 10 ms) and 6.7-15.2 ms on G1 (9 runs, median 11.5, 4 under 10 ms);
-the bare loop's 1.7-3.2 ms, so Kairos is 2.7-3.6x the floor and **the 2x goal is missed** in every
-run. **5,000 mixed events/s** was kept up in each of 11 runs made after a single trigger step
-(p99 18-85 ms), but in only 1 of 3 runs made after the whole trigger series, this one included
-(by then ~50,000 decisions are open and the tables hold ~100,000 customers; which of the bigger
-rows, RocksDB's compactions or the broker's larger logs costs the margin is not measured yet). **Where the CPU goes:** at 1,000
+**Spread:** with the committed defaults, the p99 at 1,000 triggers/s over today's runs was 7.1,
+8.5, 8.6, 9.6 and 36.1 ms on ZGC (4 of 5 under 10 ms; 5 of 8 counting 3 runs with a setting or a
+tried change, 9.4-14.5 ms) and 6.7-15.2 ms on G1 (9 runs, median 11.5, 4 under 10 ms). In the 5
+runs that measured the bare loop beside it (1.7-3.2 ms), Kairos was 2.7-4.7x the floor: **the 2x
+goal is missed** every time. **5,000 mixed events/s** was kept up in each of 11 runs made after a
+single trigger step (p99 18-85 ms), but in only 1 of 6 runs made after the whole trigger series,
+this one included. By then ~50,000 decisions are open and the tables hold ~100,000 customers,
+and the worker's main thread runs at 69-76% of a core at 5,000/s; RocksDB's background threads
+took 2-6% of a core (/proc task stats) and a 4x block cache changed nothing, so what costs the
+margin is not found yet. **Where the CPU goes:** at 1,000
 triggers/s the worker uses ~60% of a core, the main thread ~48% (/proc task stats), i.e. ~480 µs
 per trigger, against ~110 µs for the processor alone in a tight loop and 150-180 µs with 1 ms
 between records (cold caches); RocksDB and staging add ~90 µs tight, ~160 µs paced. The machine
@@ -634,7 +637,8 @@ is ~80% busy at 1,000 triggers/s (broker ~65%, worker ~62%, load generator and r
 so a trigger often waits for a core. **Tried, not kept:** lz4 on the worker's producers (broker CPU
 64% -> 68-70%, p99 13.5 ms against 6.7-7.4 ms; `KAIROS_PRODUCER_COMPRESSION` stays `none`); a
 write-through row cache in front of RocksDB (in process, 100,000 customers: 127 against 122 µs per
-event tight, 213-241 against 205-213 µs paced: no gain); open decisions kept in the pending row
+event tight, 213-241 against 205-213 µs paced: no gain); a 64 MiB block cache per table partition
+instead of 16 (5,000/s after the trigger series fell behind with either); open decisions kept in the pending row
 as the decision's JSON, decoded only when needed (decoding and encoding a row of 3 open decisions
 15.1 -> 1.6 µs, ~12% of a trigger's in-process cost, less with fewer open; but the row
 18% larger and a row-format change). **What would move it:** the note and both tables in one RocksDB database
