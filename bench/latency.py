@@ -624,9 +624,9 @@ G1's 15-20 ms young pauses stopped every record in flight; alternating brokers, 
 8.5, 8.6, 9.6 and 36.1 ms on ZGC (4 of 5 under 10 ms; 5 of 8 counting 3 runs with a setting or a
 tried change, 9.4-14.5 ms) and 6.7-15.2 ms on G1 (9 runs, median 11.5, 4 under 10 ms). In the 5
 runs that measured the bare loop beside it (1.7-3.2 ms), Kairos was 2.7-4.7x the floor: **the 2x
-goal is missed** every time. **5,000 mixed events/s** was kept up in each of 11 runs made after a
-single trigger step (p99 18-85 ms), but in only 1 of 6 runs made after the whole trigger series,
-this one included. By then ~50,000 decisions are open and the tables hold ~100,000 customers,
+goal is missed** every time. **5,000 mixed events/s** was kept up in 11 of 12 runs made after a single
+trigger step (p99 18-85 ms; the last, with the broker warmed for 10 s, fell behind), and in only
+1 of 7 runs made after the whole trigger series, this one included: at the goal's edge. By then ~50,000 decisions are open and the tables hold ~100,000 customers,
 and the worker's main thread runs at 69-76% of a core at 5,000/s; RocksDB's background threads
 took 2-6% of a core (/proc task stats) and a 4x block cache changed nothing, so what costs the
 margin is not found yet. **Where the CPU goes:** at 1,000
