@@ -722,16 +722,16 @@ class RdkafkaWorker:
             return
         staged = list(self._staged.values())
         self._staged.clear()
-        self._write_all([(s.tables, list(_row_writes(s.rows)), s.outputs) for s in staged])
-
-    def _write(
-        self,
-        tables: PartitionTables,
-        rows: list[RowWrite],
-        outputs: list[OutputRecord],
-    ) -> None:
-        """Note, send and write one partition's rows and outputs at once (see _write_all)."""
-        self._write_all([(tables, rows, outputs)])
+        self._write_all(
+            [
+                (
+                    s.tables,
+                    [(table, key, value) for (table, key), value in s.rows.items()],
+                    s.outputs,
+                )
+                for s in staged
+            ]
+        )
 
     def _write_all(
         self, writes: list[tuple[PartitionTables, list[RowWrite], list[OutputRecord]]]
@@ -752,15 +752,17 @@ class RdkafkaWorker:
         for tables, rows, _ in writes:
             if not rows:
                 continue
-            batches = {table: rocksdict.WriteBatch(raw_mode=True) for table in TABLES}
+            batches: dict[str, rocksdict.WriteBatch] = {}
             for table, key, value in rows:
+                batch = batches.get(table)
+                if batch is None:
+                    batch = batches[table] = rocksdict.WriteBatch(raw_mode=True)
                 if value is None:
-                    batches[table].delete(key)
+                    batch.delete(key)
                 else:
-                    batches[table].put(key, value)
+                    batch.put(key, value)
             for table, batch in batches.items():
-                if len(batch):
-                    tables.store(table).db.write(batch)
+                tables.store(table).db.write(batch)
             for table, key, value in rows:
                 self._produce(
                     self._changelogs[table],
@@ -782,8 +784,7 @@ class RdkafkaWorker:
         rows_before = self._row_count
         if customer_id is not None:
             key = customer_id.encode()
-            if result.expired:
-                self._rows.tables = tables
+            if result.expired:  # self._rows reads `tables` (set by _handle or _tick)
                 if self._rows.row("customers", key) is not None:
                     rows.append(("customers", key, None))
                     self._row_count = max(0, self._row_count - 1)
@@ -987,7 +988,7 @@ class RdkafkaWorker:
                 if (table, p) in kept
             ]
             outputs = unacked.outputs()
-            self._write(tables, redo, outputs)
+            self._write_all([(tables, redo, outputs)])
             resent["rows"] += len(redo)
             resent["outputs"] += len(outputs)
         return resent
@@ -1271,12 +1272,6 @@ class RdkafkaWorker:
             if producer is not None:
                 producer.flush(5.0)
         log.info("worker stopped", extra={"clean": clean})
-
-
-def _row_writes(rows: dict[tuple[str, bytes], bytes | None]) -> Iterator[RowWrite]:
-    """Staged rows as row writes (table, key, value)."""
-    for (table, key), value in rows.items():
-        yield table, key, value
 
 
 def _partitions(offsets: dict[tuple[str, int], int]) -> list[TopicPartition]:
