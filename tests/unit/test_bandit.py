@@ -295,3 +295,16 @@ def test_factored_bandit_with_scaled_blocks_snapshots_its_scale() -> None:
     assert restored.scores(ctx) == bandit.scores(ctx)
     assert restored.greedy(ctx, ACTIONS) == bandit.greedy(ctx, ACTIONS) == "sms"
     assert restored.snapshot() == bandit.snapshot()
+
+
+def test_stacked_scores_follow_each_model_through_learning_and_feature_growth() -> None:
+    """The one-product scores equal each action's own model, before and after it learns."""
+    bandit = ContextualBandit(ACTIONS, ExplorationConfig(kind="epsilon_greedy"), seed=3)
+    rng = random.Random(5)
+    for step in range(60):
+        # Features appear over time, so the models' weight vectors have different lengths.
+        ctx = {f"f{i}": rng.random() for i in range(1 + step // 10)}
+        expected = {a: bandit._models[a].predict(ctx) for a in ACTIONS}
+        assert bandit.scores(ctx) == pytest.approx(expected, abs=1e-12)
+        bandit.learn(ACTIONS[step % len(ACTIONS)], ctx, rng.random())
+    assert bandit.scores({"f0": 1.0}) != ContextualBandit(ACTIONS).scores({"f0": 1.0})
