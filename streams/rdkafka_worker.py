@@ -37,7 +37,6 @@ import logging
 import shutil
 import signal
 import socket
-import struct
 import threading
 import time
 import uuid
@@ -48,7 +47,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import rocksdict
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -66,6 +64,7 @@ from streams.processor import (
     decode_state_row,
     pending_deadlines,
 )
+from streams.redo_log import OutputRecord, RowWrite, UnackedWrites
 from streams.settings import Settings
 from streams.timer_index import KEEP, TimerIndex
 from streams.topics import TABLES, changelog_topic, producer_config
@@ -193,98 +192,6 @@ def _write_atomically(path: Path, data: dict[str, Any]) -> None:
     partial = path.with_suffix(path.suffix + ".tmp")
     partial.write_text(json.dumps(data))
     partial.replace(path)
-
-
-#: A row write: table, customer key, value (None: a delete).
-RowWrite = tuple[str, bytes, bytes | None]
-#: An output record: topic, key, value, headers.
-OutputRecord = tuple[str, bytes, bytes, list[tuple[str, bytes]]]
-
-#: Keys of the unacknowledged-writes index: commit epoch, kind tag, then the customer key (rows)
-#: or a sequence number (output records). See UnackedWrites.
-_EPOCH = struct.Struct(">Q")
-_SEQ = struct.Struct(">Q")
-_TABLE_TAGS = {"customers": b"c", "pending": b"p"}
-_TAG_TABLES = {tag: table for table, tag in _TABLE_TAGS.items()}
-_OUTPUT_TAG = b"o"
-#: Noted row values: a marker byte then the row, or the deletion marker alone.
-_ROW = b"\x01"
-_DELETED = b"\x00"
-_output_encoder = msgspec.msgpack.Encoder()
-_output_decoder = msgspec.msgpack.Decoder(OutputRecord)
-
-
-class UnackedWrites:
-    """What a worker wrote whose Kafka record may not be acknowledged yet (at least once).
-
-    A crash can lose records still in the producer while the RocksDB writes that go with them
-    survive: a changelog record (the replayed source record then finds its effect in the row and
-    is skipped, so the changelog would miss that row version for good), or an output record (a
-    decision, or a reward: the replayed outcome is then a duplicate, and the reward would never
-    be sent). And a crash can fall between the writes of one record's rows. So everything a
-    record changes (its row values and its output records) is noted here first, in one atomic
-    write batch under its commit epoch, before the tables are written: a redo log, forgotten
-    once the epoch is acknowledged. After a crash whose tables are kept, the rows still noted are
-    written to the tables again and sent to the changelog again, and the output records are sent
-    again, byte-identical (downstream drops repeats by id).
-    """
-
-    def __init__(self, root: Path, partition: int, options: rocksdict.Options) -> None:
-        self.path = root / f"unacked-{partition}.db"
-        self.db = rocksdict.Rdict(str(self.path), options)
-        self._seq = 0
-
-    def note(
-        self,
-        epoch: int,
-        rows: list[RowWrite],
-        outputs: list[OutputRecord],
-    ) -> None:
-        """Everything one record changes in `epoch`: rows (value None: a delete) and outputs."""
-        batch = rocksdict.WriteBatch(raw_mode=True)
-        prefix = _EPOCH.pack(epoch)
-        for table, key, value in rows:
-            batch.put(
-                prefix + _TABLE_TAGS[table] + key, _DELETED if value is None else _ROW + value
-            )
-        for output in outputs:
-            self._seq += 1
-            batch.put(prefix + _OUTPUT_TAG + _SEQ.pack(self._seq), _output_encoder.encode(output))
-        self.db.write(batch)
-
-    def forget_through(self, epoch: int) -> None:
-        """Every record of epochs up to `epoch` is acknowledged."""
-        self.db.delete_range(_EPOCH.pack(0), _EPOCH.pack(epoch + 1))
-
-    def rows(self) -> dict[tuple[str, bytes], bytes | None]:
-        """The newest noted value of every row still noted (None: deleted), by (table, key)."""
-        rows: dict[tuple[str, bytes], bytes | None] = {}
-        for raw, value in self.db.items():  # key order: epoch order, so the newest wins
-            if not isinstance(raw, bytes) or not isinstance(value, bytes):
-                continue
-            tag = raw[_EPOCH.size : _EPOCH.size + 1]
-            if tag in _TAG_TABLES:
-                rows[(_TAG_TABLES[tag], raw[_EPOCH.size + 1 :])] = (
-                    None if value == _DELETED else value[len(_ROW) :]
-                )
-        return rows
-
-    def outputs(self) -> list[OutputRecord]:
-        """Every output record still noted, in the order produced (epoch, then sequence)."""
-        found = []
-        for raw, value in self.db.items():
-            if isinstance(raw, bytes) and raw[_EPOCH.size : _EPOCH.size + 1] == _OUTPUT_TAG:
-                found.append(_output_decoder.decode(value))
-        return found
-
-    def clear(self) -> None:
-        """Forget everything (the tables were rebuilt from the changelog)."""
-        self.db.delete_range(_EPOCH.pack(0), b"\xff" * (_EPOCH.size + 1))
-
-    def close(self) -> None:
-        """Flush and close."""
-        self.db.flush(True)
-        self.db.close()
 
 
 @dataclass
