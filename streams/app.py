@@ -74,8 +74,8 @@ def faust_options(s: Settings) -> dict[str, Any]:
         broker_commit_interval=s.commit_interval_s,
         consumer_auto_offset_reset="earliest",
         consumer_group_instance_id=s.group_instance_id,
-        # Latency: a short linger (see Settings.producer_linger_ms).
-        producer_linger=s.producer_linger_ms / 1000.0,
+        # Latency: a short linger (see Settings.linger_ms).
+        producer_linger=s.linger_ms / 1000.0,
         producer_acks=s.producer_acks,
         # Model snapshots can exceed aiokafka's 1 MB default (streams.topics.MAX_RECORD_BYTES).
         producer_max_request_size=MAX_RECORD_BYTES,

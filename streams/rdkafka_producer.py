@@ -13,7 +13,7 @@ the aiokafka client still runs beside it for what only Faust's driver does (topi
 partitioning, and transactions: under exactly-once every send goes through aiokafka unchanged).
 The partitioner is murmur2, the same as aiokafka's and Java's, so keyed records land where the
 rest of Kairos expects them. Two librdkafka clients share the work: the action topic goes out at
-once (linger 0), everything else (changelogs, ticks, rewards) lingers `producer_linger_ms` to be
+once (linger 0), everything else (changelogs, ticks, rewards) lingers `Settings.linger_ms` to be
 sent in fewer, larger requests; the flush barrier covers both.
 """
 

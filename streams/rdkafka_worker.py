@@ -406,7 +406,7 @@ class RdkafkaWorker:
             self.producer = Producer(producer_config(s, **acks))
             # Decisions never wait for a batch of changelog records to fill (rdkafka_producer.py);
             # with no linger at all, one client sends everything.
-            if s.producer_linger_ms > 0:
+            if s.linger_ms > 0:
                 self.urgent = Producer(producer_config(s, **acks, **{"linger.ms": 0}))
         self.consumer = Consumer(self._consumer_config())
         self.consumer.subscribe(

@@ -159,7 +159,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     config.update(
         {
             "partitioner": PARTITIONER,
-            "linger.ms": settings.producer_linger_ms,
+            "linger.ms": settings.linger_ms,
             "enable.idempotence": True,
             "acks": "all",
             "message.max.bytes": MAX_RECORD_BYTES,

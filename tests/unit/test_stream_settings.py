@@ -99,3 +99,12 @@ def test_an_invalid_setting_ends_a_command_with_one_line_and_exit_code_2() -> No
     assert result.exit_code == 2
     assert "invalid setting KAIROS_RUNTIME: Input should be 'rdkafka' or 'faust'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_producer_linger_defaults_by_runtime_and_an_explicit_one_wins() -> None:
+    """rdkafka lingers 50 ms (its redo log covers a crash), Faust 5 ms; a set value is kept."""
+    assert Settings(runtime="rdkafka").linger_ms == 50
+    assert Settings(runtime="faust").linger_ms == 5
+    assert Settings(runtime="faust").model_copy(update={"runtime": "rdkafka"}).linger_ms == 50
+    assert Settings(runtime="rdkafka", producer_linger_ms=0).linger_ms == 0
+    assert Settings(runtime="faust", producer_linger_ms=20).linger_ms == 20
