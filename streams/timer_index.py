@@ -13,6 +13,9 @@ class Unchanged(enum.Enum):
     KEEP = "keep"
 
 
+#: Stale heap entries tolerated beyond the live ones before a rebuild (TimerIndex._compact).
+COMPACT_SLACK = 1024
+
 #: A result's due time that is as it was (its row was not read, or nothing changed).
 KEEP = Unchanged.KEEP
 
@@ -25,6 +28,8 @@ class TimerIndex:
     attribution deadline of its pending row. They are kept apart so that processing that reads
     only one row (an event without a trigger never reads the pending row) updates only its own.
     The customer is due at the sooner of the two; heap entries that no longer match are stale.
+    A stale entry would stay until its time came (a lapse timer moved by every event: 60 days),
+    so the heap is rebuilt from the maps once stale entries outnumber the live ones.
     """
 
     heap: list[tuple[float, str]] = field(default_factory=list)
@@ -58,6 +63,18 @@ class TimerIndex:
         self.customers += (after is not None) - (before is not None)
         if after is not None and after != before:
             heapq.heappush(self.heap, (after, customer_id))
+            if len(self.heap) > 2 * self.customers + COMPACT_SLACK:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the heap with one entry per customer (O(n), after at least n pushes)."""
+        heap: list[tuple[float, str]] = []
+        for customer_id in self.timer_at.keys() | self.deadline_at.keys():
+            due = self.due(customer_id)
+            if due is not None:
+                heap.append((due, customer_id))
+        heapq.heapify(heap)
+        self.heap = heap
 
     def cancel(self, customer_id: str) -> None:
         """Nothing is due for the customer any more (its rows were removed)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.timer_index import KEEP, TimerIndex
+from streams.timer_index import COMPACT_SLACK, KEEP, TimerIndex
 
 
 def test_due_customers_come_out_once_in_time_order() -> None:
@@ -74,3 +74,16 @@ def test_keeping_one_due_time_while_the_other_changes() -> None:
     index.cancel("c")
     assert index.customers == 0
     assert index.pop_due(100.0) == []
+
+
+def test_stale_entries_are_dropped_once_they_outnumber_the_live_ones() -> None:
+    """A timer moved by every event (a lapse, 60 days out) must not grow the heap per event."""
+    index = TimerIndex()
+    for event in range(50_000):
+        customer = f"c{event % 100}"
+        index.schedule(customer, 1_000_000.0 + event)  # each event moves its customer's timer
+    assert index.customers == 100
+    assert len(index.heap) <= 2 * 100 + COMPACT_SLACK
+    fired = index.pop_due(2_000_000.0)
+    assert sorted(fired) == sorted(f"c{n}" for n in range(100))  # each once, at its last time
+    assert index.customers == 0
