@@ -611,39 +611,42 @@ def render(run: Run, args: argparse.Namespace) -> str:
 LIMITS_TEXT = """
 **Two runtimes, one machine.** The default worker is the rdkafka runtime (one confluent-kafka
 loop, streams/rdkafka_worker.py); "Kairos on Faust" is the same processor on Faust agents
-(`KAIROS_RUNTIME=faust`). Intel Xeon, 2 cores, 2026-12-06. **Group commit** (a loop turn's records
-noted, sent and written together, `KAIROS_WRITE_BATCH_MS` 2 ms) took the rdkafka worker's backlog
-drain from 127-159 to 88-94 µs of CPU per event (40,000 mixed events, 3 rounds each, before and
-after); the WAL's `write()` had been ~19% of its main thread. Paced at 5,000 mixed events/s
-(linger 5), alternating: with it the worker kept up twice (p99 39 and 45 ms), without it
-(`KAIROS_WRITE_BATCH_MS=0`) it fell behind twice (p99 1.8 and 2.0 s); the trigger p99 at 1,000/s
-did not tell the two apart (12-15 against 9-15 ms). **The broker runs ZGC** (deploy/kafka/kafka.sh):
-G1's 15-20 ms young pauses stopped every record in flight; alternating brokers, Kairos p99 at
-1,000 triggers/s was 8.6 and 7.1 ms on ZGC against 11.5 and 7.8 ms on G1, at the same broker CPU.
-**Spread:** with the committed defaults, the p99 at 1,000 triggers/s over today's runs was 7.1,
-8.5, 8.6, 9.6 and 36.1 ms on ZGC (4 of 5 under 10 ms; 5 of 8 counting 3 runs with a setting or a
-tried change, 9.4-14.5 ms) and 6.7-15.2 ms on G1 (9 runs, median 11.5, 4 under 10 ms). In the 5
-runs that measured the bare loop beside it (1.7-3.2 ms), Kairos was 2.7-4.7x the floor: **the 2x
-goal is missed** every time. **5,000 mixed events/s** was kept up in 11 of 12 runs made after a single
-trigger step (p99 18-85 ms; the last, with the broker warmed for 10 s, fell behind), and in only
-1 of 7 runs made after the whole trigger series, this one included: at the goal's edge. By then ~50,000 decisions are open and the tables hold ~100,000 customers,
-and the worker's main thread runs at 69-76% of a core at 5,000/s; RocksDB's background threads
-took 2-6% of a core (/proc task stats) and a 4x block cache changed nothing, so what costs the
-margin is not found yet. **Where the CPU goes:** at 1,000
-triggers/s the worker uses ~60% of a core, the main thread ~48% (/proc task stats), i.e. ~480 µs
-per trigger, against ~110 µs for the processor alone in a tight loop and 150-180 µs with 1 ms
-between records (cold caches); RocksDB and staging add ~90 µs tight, ~160 µs paced. The machine
-is ~80% busy at 1,000 triggers/s (broker ~65%, worker ~62%, load generator and reader ~13% each),
-so a trigger often waits for a core. **Tried, not kept:** lz4 on the worker's producers (broker CPU
-64% -> 68-70%, p99 13.5 ms against 6.7-7.4 ms; `KAIROS_PRODUCER_COMPRESSION` stays `none`); a
-write-through row cache in front of RocksDB (in process, 100,000 customers: 127 against 122 µs per
-event tight, 213-241 against 205-213 µs paced: no gain); a 64 MiB block cache per table partition
-instead of 16 (5,000/s after the trigger series fell behind with either); open decisions kept in the pending row
-as the decision's JSON, decoded only when needed (decoding and encoding a row of 3 open decisions
-15.1 -> 1.6 µs, ~12% of a trigger's in-process cost, less with fewer open; but the row
-18% larger and a row-format change). **What would move it:** the note and both tables in one RocksDB database
-(column families), one WAL write per turn instead of three; a leaner decision record (3.2 KB JSON,
-a schema change); a broker on cores of its own.
+(`KAIROS_RUNTIME=faust`). Intel Xeon, 2 cores, 2026-12-06, a broker started clean for this run.
+**Against the run of 03:22 the same day:** p99 at 1,000 triggers/s 8.54 -> 4.23 ms (bare loop
+3.21 -> 2.82, so 2.7x -> 1.5x); 2,000 triggers/s now keeps up (p99 16 ms, was 1.27 s behind);
+the mixed stream keeps up at 5,000/s after the whole trigger series and falls behind at 6,000/s
+(was: kept up to 4,000, behind at 5,000); backlog drain 112 -> 63 µs of CPU per event. The machine was faster in
+this run (the bare Faust agent 270 -> 198 µs per event), so the fair comparison is the ratio to
+it: 0.41 -> 0.32. **What changed, each measured alternating with the version before it:**
+(1) the note of a turn's rows and outputs (at least once) is a redo log of framed appends, one
+segment file per commit epoch, instead of a RocksDB database: 20 -> 8 µs per note of a
+trigger's rows and decision (tight loop), `UnackedWrites.note` 10% -> 4% of the profile, and no
+memtable flush or compaction of data deleted a second later; (2) the rdkafka runtime's producer
+lingers 50 ms for changelog and reward records (decisions still go at once): alternating with
+5 ms at 1,000 triggers/s, broker CPU 55-59% against 63% and the worker 53-56% against 58%; at
+5,000 mixed/s, broker 41-42% against 50-51%; (3) the decision's random draw (keyed BLAKE2b
+instead of seeding a Mersenne Twister: 6.1 -> 1.9 µs) and the scores of all actions in one
+matrix-vector product (10.6 -> 1.9 µs for 16). Before these, 5,000 mixed events/s after the
+trigger series was kept up in 1 of 7 runs; after, in this run and in 2 of 2 shorter runs of the
+whole series (p99 14 and 19 ms). **Spread, after the changes:** p99 at 1,000 triggers/s 4.10,
+4.20, 4.23, 4.70 and 4.71 ms in the 5 runs that measured the bare loop beside it (1.51-2.82 ms):
+under 10 ms every time, but 1.5, 1.7, 2.1, 2.7 and 3.1x the floor: **the 2x goal is met in 2
+of 5 runs**. The floor's own p99 moves 2x between runs, Kairos's p99 little. **What limits it
+now:** at 1,000 triggers/s the worker uses ~55% of a core and the machine is ~65-70% busy
+(broker ~55%, load generator and reader ~12% each). In process, a trigger costs ~230 µs of CPU
+in a tight loop and 300-450 µs with a 1 ms sleep between records, against 250-310 µs when the
+gap is spun instead of slept: this VM halts an idle vCPU at once (cpuidle haltpoll,
+guest_halt_poll_ns 0), so a worker that waits for records pays cold caches on every one. At
+6,000 mixed/s (profile above) RocksDB reads are the hottest function (`_Rows.row`, 16% self: ~10
+µs a read in the loop against 2-4 µs in a loop of reads alone), then the two table writes of a
+turn and the produce calls. **Tried, not kept:** lz4 on the worker's producers (broker CPU 64% ->
+68-70%, p99 13.5 against 6.7-7.4 ms); a write-through row cache in front of RocksDB (no gain in
+process); a 4x block cache, or no block compression (in process 232-257 against 251-255 µs per
+trigger: noise); open decisions kept in the pending row as the decision's JSON (15.1 -> 1.6 µs
+to decode and encode a row of 3, but an 18% larger row and a row-format change). **What would
+move it:** both tables of a partition in one RocksDB database (column families), one WAL write
+per turn instead of two; a leaner decision record (3.2 KB of JSON, a schema change); a broker on
+cores of its own.
 """
 
 
