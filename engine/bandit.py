@@ -140,8 +140,9 @@ class ContextualBandit:
         self._index: FeatureIndex | None = (
             self._prototype.index if isinstance(self._prototype, RidgeModel) else None
         )
-        #: The ridge models' weights stacked (version, row of each action, matrix): see _stacked.
-        self._weights: tuple[int, dict[str, int], FloatArray] | None = None
+        #: The ridge models' weights stacked, one row per action, as of a version: see _stacked.
+        self._weights: tuple[int, FloatArray] | None = None
+        self._rows = {a: row for row, a in enumerate(self.action_ids)}
 
     # ---- scoring -----------------------------------------------------------------------------
 
@@ -208,18 +209,11 @@ class ContextualBandit:
             matrix = np.zeros((len(weights), max(w.shape[0] for w in weights)), dtype=np.float64)
             for row, w in enumerate(weights):
                 matrix[row, : w.shape[0]] = w
-            cached = self._weights = (
-                self.version,
-                {a: row for row, a in enumerate(self.action_ids)},
-                matrix,
-            )
-        _, rows, matrix = cached
-        width = matrix.shape[1]
-        if vec.shape[0] > width:
-            vec = vec[:width]
-        elif vec.shape[0] < width:
-            vec = np.concatenate([vec, np.zeros(width - vec.shape[0])])
-        predictions = (matrix @ vec).tolist()
+            cached = self._weights = (self.version, matrix)
+        matrix = cached[1]
+        # The shared index only grows, so the context is never shorter than a model's weights.
+        predictions = (matrix @ vec[: matrix.shape[1]]).tolist()
+        rows = self._rows
         return {a: predictions[rows[a]] for a in ids}
 
     def scores(

@@ -156,7 +156,7 @@ def _carry_over_rocksdb_notes(path: Path, log: UnackedWrites, options: rocksdict
     db = rocksdict.Rdict(str(path), options)
     try:
         by_epoch: dict[int, Note] = {}
-        for raw, value in db.items():  # key order: epoch order, then rows before outputs
+        for raw, value in db.items():  # key order: epoch order
             if not isinstance(raw, bytes) or not isinstance(value, bytes):
                 continue
             epoch = _EPOCH.unpack_from(raw)[0]
