@@ -219,6 +219,10 @@ class StepResult:
     p99_clear_ms: float = float("nan")
     #: The load generator's producer linger in this step (run_step).
     linger_ms: int = 0
+    #: Every measured latency, sorted (ms): steps can be pooled (bench/latency.py, paired).
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    #: The round of a side-by-side comparison this step belongs to (0: none).
+    round: int = 0
 
     @property
     def gc_pause_ms(self) -> float:
@@ -385,6 +389,7 @@ def summarise(
         max_lag=max(lags) if lags else None,
         end_lag=end_lag,
         reasons=Counter(a.reason for a in window if a.reason),
+        latencies_ms=lat,
     )
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from bench._measure_steps import StepResult
+from bench._measure_steps import StepResult, percentile
 from bench._paced_load import LoadReport
-from bench.latency import Run, _goals
+from bench.latency import Run, _goals, paired_verdict
 
 
 def _step(rate: float, linger_ms: int, keeps_up: bool) -> StepResult:
@@ -50,3 +50,60 @@ def test_a_headline_series_below_the_goal_is_missed() -> None:
     run.mixed = [_step(3000, 5, True), _step(4000, 5, False)]
     (line,) = _goals(run)
     assert "**3,000 events/s**" in line and "**missed**" in line
+
+
+def _trigger_step(system: str, rate: float, round_: int, latencies: list[float]) -> StepResult:
+    """A measured trigger step with these latencies (p99 as summarise would take it)."""
+    lat = sorted(latencies)
+    load = LoadReport(
+        sent=len(lat), measured_triggers=len(lat), started_ns=0, finished_ns=10 * 10**9
+    )
+    return StepResult(
+        system,
+        "triggers",
+        rate,
+        load,
+        count=len(lat),
+        p50_ms=percentile(lat, 50),
+        p99_ms=percentile(lat, 99),
+        latencies_ms=lat,
+        round=round_,
+    )
+
+
+def test_the_side_by_side_rounds_pool_their_latencies_for_the_2x_verdict() -> None:
+    run = Run(started=datetime(2026, 12, 6, tzinfo=UTC))
+    # Round 1: a quiet minute (bare 1 ms, Kairos 1.5 ms); round 2: a busy one (2 ms, 5 ms).
+    run.paired = [
+        _trigger_step("bare confluent-kafka loop", 1000, 1, [1.0] * 100),
+        _trigger_step("Kairos worker", 1000, 1, [1.5] * 100),
+        _trigger_step("Kairos worker", 1000, 2, [5.0] * 100),
+        _trigger_step("bare confluent-kafka loop", 1000, 2, [2.0] * 100),
+    ]
+    side = paired_verdict(run)
+    assert side is not None
+    assert side.rounds == 2
+    assert side.ratios == [1.5, 2.5]
+    assert side.rounds_met == 1
+    assert (side.floor_p99, side.kairos_p99) == (2.0, 5.0)  # pooled over 200 triggers each
+    assert side.ratio == 2.5
+    run.latency = [
+        _trigger_step("bare confluent-kafka loop", 1000, 0, [1.0] * 100),
+        _trigger_step("Kairos worker", 1000, 0, [1.9] * 100),
+    ]
+    lines = _goals(run)
+    verdict = next(x for x in lines if "side by side" in x)
+    assert "**2.5x** (goal ≤ 2x): **missed**" in verdict and "≤ 2x in 1 of 2" in verdict
+    # The separate step's ratio is reported beside it, without a verdict of its own.
+    separate = next(x for x in lines if "its own step" in x)
+    assert "1.9x" in separate and "goal" not in separate
+
+
+def test_without_side_by_side_rounds_the_separate_steps_decide() -> None:
+    run = Run(started=datetime(2026, 12, 6, tzinfo=UTC))
+    run.latency = [
+        _trigger_step("bare confluent-kafka loop", 1000, 0, [2.0] * 100),
+        _trigger_step("Kairos worker", 1000, 0, [3.0] * 100),
+    ]
+    assert paired_verdict(run) is None
+    assert any("**1.5x** (goal ≤ 2x): met" in x for x in _goals(run))
