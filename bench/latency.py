@@ -501,8 +501,9 @@ def _tail_table(run: Run) -> list[str]:
         "",
         "### Where the tail comes from",
         "",
-        "`p99 decided` = trigger sent until the worker's `decided_ts` (the rest of the latency is "
-        "the decision's way out: produce, broker, reader). The broker JVM logs its GC pauses "
+        "`p99 decided` = trigger sent until the worker's `decided_ts`, which the worker reads from "
+        "its clock as it starts on the trigger record (the rest of the latency is the processing "
+        "and the decision's way out: produce, broker, reader). The broker JVM logs its GC pauses "
         "(deploy/kafka/kafka.sh, `.run/kafka/gc.log`); a pause stops every record in flight, of "
         "whichever system. `p99 clear of GC` = p99 of the triggers whose path (sent to read) "
         "overlapped no pause: an attribution, not a headline (the p99 above counts everything).",

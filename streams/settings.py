@@ -250,6 +250,10 @@ class Settings(BaseSettings):
         config: dict[str, Any] = {
             "bootstrap.servers": self.kafka_bootstrap,
             "security.protocol": self.security.protocol,
+            # TCP_NODELAY, as the broker and the Java clients set it: librdkafka's default (Nagle
+            # on) may hold a small request until the one before it is acknowledged. Every client
+            # gets it, the bench's floors too (measured: within the noise, BENCHMARKS.md Latency).
+            "socket.nagle.disable": True,
         }
         if self.security.sasl_mechanism:
             config["sasl.mechanism"] = self.security.sasl_mechanism

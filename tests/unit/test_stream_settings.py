@@ -82,6 +82,7 @@ def test_sasl_and_ssl_settings_reach_the_kafka_clients() -> None:
     assert config["sasl.username"] == "kairos"
     assert config["ssl.ca.location"] == "/etc/ca.pem"
     assert "secret" not in repr(s)
+    assert config["socket.nagle.disable"] is True  # no small request waits behind another
 
 
 def test_a_state_ttl_shorter_than_the_lapse_period_is_refused() -> None:
