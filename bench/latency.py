@@ -741,19 +741,29 @@ def _cpu(r: StepResult, key: str) -> str:
 
 @dataclass(frozen=True)
 class PairedVerdict:
-    """The side-by-side comparison's result: pooled p99s and each round's ratio."""
+    """The side-by-side comparison's result: each round's pair of steps and the pooled p99s."""
 
-    rounds: int
+    #: (round, bare loop step, Kairos step), in round order.
+    pairs: list[tuple[int, StepResult, StepResult]]
     floor_p50: float
     floor_p99: float
     kairos_p50: float
     kairos_p99: float
-    ratios: list[float]
+
+    @property
+    def rounds(self) -> int:
+        """Rounds with both systems measured."""
+        return len(self.pairs)
+
+    @property
+    def ratios(self) -> list[float]:
+        """Each round's Kairos p99 over its bare-loop p99."""
+        return [_ratio(k.p99_ms, f.p99_ms) for _, f, k in self.pairs]
 
     @property
     def ratio(self) -> float:
         """Kairos's pooled p99 over the bare loop's."""
-        return self.kairos_p99 / self.floor_p99 if self.floor_p99 else float("nan")
+        return _ratio(self.kairos_p99, self.floor_p99)
 
     @property
     def rounds_met(self) -> int:
@@ -761,29 +771,25 @@ class PairedVerdict:
         return sum(1 for r in self.ratios if r <= 2.0)
 
 
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
 def paired_verdict(run: Run) -> PairedVerdict | None:
-    """Pool the paired steps per system (None if either system has none)."""
-    floor = [r for r in run.paired if r.system == FLOOR_SYSTEMS["confluent"]]
-    kairos = [r for r in run.paired if r.system == RUNTIME_SYSTEMS["rdkafka"]]
-    if not floor or not kairos:
+    """Pair the steps of each round and pool them per system (None: no round has both)."""
+    floor = {r.round: r for r in run.paired if r.system == FLOOR_SYSTEMS["confluent"]}
+    kairos = {r.round: r for r in run.paired if r.system == RUNTIME_SYSTEMS["rdkafka"]}
+    pairs = [(n, floor[n], kairos[n]) for n in sorted(floor.keys() & kairos.keys())]
+    if not pairs:
         return None
-
-    def pooled(steps: list[StepResult]) -> list[float]:
-        return sorted(x for r in steps for x in r.latencies_ms)
-
-    ratios = []
-    for k in kairos:
-        f = next((r for r in floor if r.round == k.round), None)
-        if f is not None and f.p99_ms:
-            ratios.append(k.p99_ms / f.p99_ms)
-    both_f, both_k = pooled(floor), pooled(kairos)
+    both_f = sorted(x for _, f, _ in pairs for x in f.latencies_ms)
+    both_k = sorted(x for _, _, k in pairs for x in k.latencies_ms)
     return PairedVerdict(
-        rounds=len({r.round for r in run.paired}),
+        pairs=pairs,
         floor_p50=percentile(both_f, 50),
         floor_p99=percentile(both_f, 99),
         kairos_p50=percentile(both_k, 50),
         kairos_p99=percentile(both_k, 99),
-        ratios=ratios,
     )
 
 
@@ -807,19 +813,10 @@ def _paired_table(run: Run, args: argparse.Namespace) -> list[str]:
         "| round | bare loop p50 | bare loop p99 | Kairos p50 | Kairos p99 | Kairos p99 / bare p99 |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    rounds = sorted({r.round for r in run.paired})
-    for n in rounds:
-        f = next(
-            (r for r in run.paired if r.round == n and r.system in FLOOR_SYSTEMS.values()), None
-        )
-        k = next(
-            (r for r in run.paired if r.round == n and r.system == RUNTIME_SYSTEMS["rdkafka"]), None
-        )
-        if f is None or k is None:
-            continue
+    for (n, f, k), ratio in zip(side.pairs, side.ratios, strict=True):
         out.append(
             f"| {n} | {fmt(f.p50_ms, 2)} | {fmt(f.p99_ms, 2)} | {fmt(k.p50_ms, 2)} | "
-            f"{fmt(k.p99_ms, 2)} | {fmt(k.p99_ms / f.p99_ms if f.p99_ms else float('nan'), 1)}x |"
+            f"{fmt(k.p99_ms, 2)} | {fmt(ratio, 1)}x |"
         )
     out.append(
         f"| **pooled** | {fmt(side.floor_p50, 2)} | {fmt(side.floor_p99, 2)} | "
@@ -852,7 +849,7 @@ def _goals(run: Run) -> list[str]:
                 f"{len(side.ratios)})."
             )
         if bare is not None:
-            ratio = kairos.p99_ms / bare.p99_ms if bare.p99_ms else float("nan")
+            ratio = _ratio(kairos.p99_ms, bare.p99_ms)
             if side is not None:
                 lines.append(
                     f"- vs the bare loop's p99 in its own step minutes before ({fmt(bare.p99_ms, 2)}"
