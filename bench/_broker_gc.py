@@ -1,17 +1,22 @@
-"""The local broker's GC pauses (deploy/kafka/kafka.sh logs one line per pause), lined up with latency.
+"""The local broker's GC (deploy/kafka/kafka.sh logs it), lined up with latency.
 
 A JVM pause stops the broker: every record in flight waits for it, whichever system is measured.
-The latency benchmark reports the pauses inside each step and the p99 of the triggers whose path
-did not overlap one, so that a tail caused by the broker is told apart from one caused by the
-system under test. The all-in p99 stays the headline figure.
+A concurrent cycle (ZGC's whole collection, G1's marking) stops nothing but keeps a GC thread
+busy for 100-200 ms, a core of the 2 this machine shares: in a run of 2026-12-06 the largest
+slow episodes of the Kairos worker began within a millisecond of a ZGC cycle. The latency
+benchmark reports both inside each step and the p99 of the triggers whose path overlapped
+neither, so that a tail caused by the broker is told apart from one caused by the system under
+test. The all-in p99 stays the headline figure.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from bench._proc_stats import broker_run_dir
 
@@ -20,6 +25,28 @@ from bench._proc_stats import broker_run_dir
 _PAUSE = re.compile(
     r"^\[(?P<time>[^\]]+)\]\[[^\]]*\] GC\(\d+\) (?P<kind>Pause(?: [A-Z][a-z]+)+) (?:.*? )?(?P<ms>[\d.]+)ms$"
 )
+
+# A line of either collector's log, for the cycles: its GC number and text.
+_LINE = re.compile(r"^\[(?P<time>[^\]]+)\]\[[^\]]*\] GC\((?P<gc>\d+)\) (?P<text>.*)$")
+# ZGC: a cycle opens with this pause and ends with its summary line ("Garbage Collection (Proactive)
+# 1582M(77%)->246M(12%)"), logged once the cycle is over.
+_ZGC_OPENS = re.compile(r"^Pause Mark Start (?P<ms>[\d.]+)ms$")
+_ZGC_ENDS = re.compile(r"^Garbage Collection \((?P<cause>[^)]*)\)")
+# G1: the concurrent marking, logged when it ends with its length.
+_G1_MARKING = re.compile(r"^Concurrent Mark Cycle (?P<ms>[\d.]+)ms$")
+
+
+class Span(Protocol):
+    """Anything with a start and an end in epoch ns: a pause or a cycle."""
+
+    @property
+    def start_ns(self) -> int: ...
+
+    @property
+    def end_ns(self) -> int: ...
+
+
+SpanT = TypeVar("SpanT", bound=Span)
 
 
 @dataclass(frozen=True)
@@ -36,9 +63,27 @@ class Pause:
         return self.end_ns - self.duration_ns
 
 
+@dataclass(frozen=True)
+class Cycle:
+    """One concurrent collection (epoch ns): it stops nothing, but a GC thread holds a core."""
+
+    start_ns: int
+    end_ns: int
+    cause: str
+
+    @property
+    def duration_ns(self) -> int:
+        """How long the cycle ran."""
+        return self.end_ns - self.start_ns
+
+
 def gc_log_path(repo: Path) -> Path:
     """Where deploy/kafka/kafka.sh has the local broker log its GC pauses."""
     return broker_run_dir(repo) / "gc.log"
+
+
+def _epoch_ns(stamp: str) -> int:
+    return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp() * 1e9)
 
 
 def parse_pauses(text: str) -> list[Pause]:
@@ -48,25 +93,43 @@ def parse_pauses(text: str) -> list[Pause]:
         match = _PAUSE.match(line.strip())
         if match is None:
             continue
-        ended = datetime.strptime(match["time"], "%Y-%m-%dT%H:%M:%S.%f%z")
-        end_ns = int(ended.timestamp() * 1e9)
+        end_ns = _epoch_ns(match["time"])
         pauses.append(Pause(end_ns, int(float(match["ms"]) * 1e6), match["kind"].strip()))
     return pauses
 
 
-def read_pauses(path: Path) -> list[Pause]:
-    """The pauses in the broker's GC log, or none if there is no log (an external broker)."""
+def parse_cycles(text: str) -> list[Cycle]:
+    """Every concurrent cycle of a JDK unified GC log: ZGC's collections, G1's marking."""
+    cycles = []
+    opened: dict[str, int] = {}  # ZGC cycle number -> when its first pause began
+    for line in text.splitlines():
+        match = _LINE.match(line.strip())
+        if match is None:
+            continue
+        at_ns, text_ = _epoch_ns(match["time"]), match["text"]
+        if (first := _ZGC_OPENS.match(text_)) is not None:
+            opened[match["gc"]] = at_ns - int(float(first["ms"]) * 1e6)
+        elif (end := _ZGC_ENDS.match(text_)) is not None and match["gc"] in opened:
+            cycles.append(Cycle(opened.pop(match["gc"]), at_ns, end["cause"]))
+        elif (marking := _G1_MARKING.match(text_)) is not None:
+            cycles.append(Cycle(at_ns - int(float(marking["ms"]) * 1e6), at_ns, "G1 marking"))
+    return cycles
+
+
+def read_gc(path: Path) -> tuple[list[Pause], list[Cycle]]:
+    """The pauses and cycles in the broker's GC log, or none if there is no log (an external broker)."""
     try:
-        return parse_pauses(path.read_text(errors="replace"))
+        text = path.read_text(errors="replace")
     except OSError:
-        return []
+        return [], []
+    return parse_pauses(text), parse_cycles(text)
 
 
-def pauses_between(pauses: list[Pause], start_ns: int, end_ns: int) -> list[Pause]:
-    """The pauses that overlap [start_ns, end_ns]."""
-    return [p for p in pauses if p.end_ns >= start_ns and p.start_ns <= end_ns]
+def spans_between(spans: Sequence[SpanT], start_ns: int, end_ns: int) -> list[SpanT]:
+    """The pauses (or cycles) that overlap [start_ns, end_ns]."""
+    return [p for p in spans if p.end_ns >= start_ns and p.start_ns <= end_ns]
 
 
-def overlaps_pause(sent_ns: int, recv_ns: int, pauses: list[Pause]) -> bool:
-    """True if a record's path (sent to received) overlapped a broker pause."""
-    return any(p.start_ns <= recv_ns and p.end_ns >= sent_ns for p in pauses)
+def overlaps_any(sent_ns: int, recv_ns: int, spans: Sequence[Span]) -> bool:
+    """True if a record's path (sent to received) overlapped a broker pause (or cycle)."""
+    return any(p.start_ns <= recv_ns and p.end_ns >= sent_ns for p in spans)

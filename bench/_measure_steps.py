@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench._broker_gc import Pause, overlaps_pause, pauses_between, read_pauses
+from bench._broker_gc import Cycle, Pause, overlaps_any, read_gc, spans_between
 from bench._paced_load import LoadReport, LoadSpec, load_process_main, make_event, sent_ns_of
 from bench._proc_stats import CpuMeter
 from streams.settings import Settings
@@ -215,8 +215,12 @@ class StepResult:
     p99_decided_ms: float = float("nan")
     #: Broker GC pauses overlapping the measured window (None: no GC log, an external broker).
     gc_pauses: list[Pause] | None = None
-    #: p99 of the triggers whose path (sent to received) overlapped no broker GC pause.
+    #: Broker concurrent GC cycles overlapping the measured window (None: no GC log).
+    gc_cycles: list[Cycle] | None = None
+    #: p99 of the triggers whose path (sent to received) overlapped no broker GC pause or cycle.
     p99_clear_ms: float = float("nan")
+    #: The latencies of those triggers, sorted (ms): pooled like latencies_ms.
+    clear_latencies_ms: list[float] = field(default_factory=list, repr=False)
     #: The load generator's producer linger in this step (run_step).
     linger_ms: int = 0
     #: Every measured latency, sorted (ms): steps can be pooled (bench/latency.py, paired).
@@ -228,6 +232,11 @@ class StepResult:
     def gc_pause_ms(self) -> float:
         """Total broker GC pause inside the measured window, in ms."""
         return sum(p.duration_ns for p in self.gc_pauses or []) / 1e6
+
+    @property
+    def gc_cycle_ms(self) -> float:
+        """Total span of the broker's concurrent GC cycles inside the measured window, in ms."""
+        return sum(c.duration_ns for c in self.gc_cycles or []) / 1e6
 
     @property
     def outputs_per_trigger(self) -> float:
@@ -324,34 +333,36 @@ def run_step(
     end_lag = sampler.join() if sampler is not None else None
     lags = sampler.samples if sampler is not None else []
     measure_from = report.started_ns + int(warmup_s * 1e9)
-    pauses = read_pauses(ctx.gc_log) if ctx.gc_log is not None else None
+    gc = read_gc(ctx.gc_log) if ctx.gc_log is not None else None
     result = summarise(ctx.system, mix, rate, report, arrivals, measure_from, cpu, lags, end_lag)
     result.linger_ms = linger_ms
-    return attribute_broker_pauses(result, arrivals, measure_from, report.finished_ns, pauses)
+    return attribute_broker_gc(result, arrivals, measure_from, report.finished_ns, gc)
 
 
-def attribute_broker_pauses(
+def attribute_broker_gc(
     result: StepResult,
     arrivals: list[Arrival],
     measure_from: int,
     finished_ns: int,
-    pauses: list[Pause] | None,
+    gc: tuple[list[Pause], list[Cycle]] | None,
 ) -> StepResult:
-    """Add the broker pauses in the window and the p99 of the triggers clear of them."""
+    """Add the broker's GC pauses and cycles in the window and the p99 of the triggers clear of them."""
     window = [a for a in arrivals if measure_from <= a.sent_ns <= finished_ns]
     decided = sorted((a.decided_ns - a.sent_ns) / 1e6 for a in window if a.decided_ns is not None)
     result.p99_decided_ms = percentile(decided, 99)
-    if pauses is None or not window:
+    if gc is None or not window:
         return result
     last_recv = max(a.recv_ns for a in window)
-    inside = pauses_between(pauses, measure_from, last_recv)
-    result.gc_pauses = inside
-    clear = sorted(
+    pauses = spans_between(gc[0], measure_from, last_recv)
+    cycles = spans_between(gc[1], measure_from, last_recv)
+    result.gc_pauses, result.gc_cycles = pauses, cycles
+    result.clear_latencies_ms = sorted(
         (a.recv_ns - a.sent_ns) / 1e6
         for a in window
-        if not overlaps_pause(a.sent_ns, a.recv_ns, inside)
+        if not overlaps_any(a.sent_ns, a.recv_ns, pauses)
+        and not overlaps_any(a.sent_ns, a.recv_ns, cycles)
     )
-    result.p99_clear_ms = percentile(clear, 99)
+    result.p99_clear_ms = percentile(result.clear_latencies_ms, 99)
     return result
 
 

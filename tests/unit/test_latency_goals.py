@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 from datetime import UTC, datetime
 
 from bench._measure_steps import StepResult, percentile
 from bench._paced_load import LoadReport
-from bench.latency import Run, _goals, paired_verdict
+from bench.latency import Run, _goals, _paired_table, paired_verdict
 
 
 def _step(rate: float, linger_ms: int, keeps_up: bool) -> StepResult:
@@ -107,3 +109,27 @@ def test_without_side_by_side_rounds_the_separate_steps_decide() -> None:
     ]
     assert paired_verdict(run) is None
     assert any("**1.5x** (goal ≤ 2x): met" in x for x in _goals(run))
+
+
+def test_the_pooled_ratio_clear_of_broker_gc_is_reported_beside_the_verdict() -> None:
+    run = Run(started=datetime(2026, 12, 6, tzinfo=UTC))
+    steps = [
+        _trigger_step("bare confluent-kafka loop", 1000, 1, [1.0] * 98 + [4.0] * 2),
+        _trigger_step("Kairos worker", 1000, 1, [2.0] * 98 + [9.0] * 2),
+    ]
+    # Without a GC log (an external broker) there is nothing to attribute.
+    run.paired = steps
+    side = paired_verdict(run)
+    assert side is not None and math.isnan(side.ratio_clear)
+    # The slow triggers ran beside a broker GC cycle: clear of them the ratio is 2.0, the verdict
+    # still counts everything (9.0 / 4.0).
+    for step in steps:
+        step.gc_pauses, step.gc_cycles = [], []
+        step.clear_latencies_ms = [x for x in step.latencies_ms if x < 4.0]
+    side = paired_verdict(run)
+    assert side is not None
+    assert side.ratio == 2.25
+    assert (side.floor_p99_clear, side.kairos_p99_clear, side.ratio_clear) == (1.0, 2.0, 2.0)
+    table = "\n".join(_paired_table(run, argparse.Namespace(warmup_s=3.0, paired_step_s=8.0)))
+    assert "bare loop p99 1.00 ms, Kairos p99 2.00 ms, 2.0x" in table
+    assert "**2.2x**" in table
