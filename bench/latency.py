@@ -707,6 +707,22 @@ caches on every one. The CPU of a trigger is spread thin: deciding ~33% (feature
 and policy 11%, guardrails 5%), the note, RocksDB writes and reads ~26%, the rest decoding,
 state, metrics.
 
+**Episodes are not the gap (third run of the day, send and read times of every trigger dumped
+beside the broker's GC log and the worker's RocksDB logs):** of the worker's 10 largest slow
+episodes (35-185 ms, 24-92 triggers over 4 ms each), 7 began within a millisecond of the start
+of a concurrent ZGC cycle of the broker (110-200 ms of a GC thread on one of the 2 cores, every
+~8 s) or of a pending-table flush (20-38 ms each, the four partitions within 0.8 s, once with a
+compaction of ~100 ms each), one inside a cycle, two with neither. But leaving out every trigger that overlapped a GC cycle, three side-by-side runs
+gave a bare-loop p99 of 1.75/1.77/1.68 ms against Kairos's 4.67/4.58/4.17 ms, 2.6-2.7x (all in:
+2.4-2.6x): the cycles cost the floor as much of its tail as Kairos. The gap is the body of the
+distribution, p95 2.3-2.5 against 0.86-0.97 ms, not the episodes. Each step now reports the
+cycles and the side-by-side stage its ratio clear of them (above). Not kept: fewer broker GC
+cycles (fresh broker per run, alternating, 3 runs each: default 2g, 24-27 cycles a run, pooled
+2.4/2.5/2.6x; `-XX:-ZProactive`, 16 cycles, 2.5/2.4/3.4x; 6g heap and no proactive cycles, 7-8,
+2.2/2.4/2.2x but Kairos's p99 5.0-6.4 against 4.7-5.3 ms); the broker, load generator and
+reader pinned to one core and the system under test to the other (that core was overloaded:
+both systems' p99 2-216 ms).
+
 **Tried today, not kept:** sending the decision after the table writes instead of before
 (alternating 3+3 runs: no gain, p99 5.0-6.6 against 4.3-5.9 ms); RocksDB background threads at
 nice 10 (alternating 3+3: p99 at 1,000 triggers/s 3.5-4.2 against 4.0-4.5 ms, but the mixed
@@ -722,8 +738,8 @@ a core): woken, the thread waits its turn on a busy core. **Kept:** Nagle off on
 day:** the redo log instead of a RocksDB note (20 -> 8 µs a note), the changelog producer's 50 ms
 linger (broker CPU 55-59% against 63%), keyed BLAKE2b draws and one matrix-vector product for
 all actions' scores; see the git log. **What would move it:** fewer CPU-microseconds per
-trigger, e.g. a leaner decision record (3.2 KB of JSON, which is also what the pending table
-writes and flushes); a broker on cores of its own. Not worth it: both tables of a partition in
+trigger, e.g. a leaner decision record (2.4 KB of JSON in an in-process measurement, 1.3 KB of
+it the features; the pending table writes and flushes it again); a broker on cores of its own. Not worth it: both tables of a partition in
 one RocksDB database (one WAL write a turn instead of two) saves 1-3 µs a turn (13-15 against
 15-18 µs for the two writes, microbenchmark with 1 ms between writes).
 """
