@@ -20,14 +20,11 @@ from typing import Protocol, TypeVar
 
 from bench._proc_stats import broker_run_dir
 
-# G1: [2026-12-02T02:27:27.256+0000][0.514s] GC(0) Pause Young (Normal) (G1 Evacuation Pause) 26M->6M(512M) 10.719ms
-# ZGC (gc+phases): [2026-12-06T03:09:04.328+0000][1.367s] GC(0) Pause Mark Start 0.009ms
-_PAUSE = re.compile(
-    r"^\[(?P<time>[^\]]+)\]\[[^\]]*\] GC\(\d+\) (?P<kind>Pause(?: [A-Z][a-z]+)+) (?:.*? )?(?P<ms>[\d.]+)ms$"
-)
-
-# A line of either collector's log, for the cycles: its GC number and text.
+# One line of the log: its wall-clock end, GC number and text, for pauses and cycles alike.
 _LINE = re.compile(r"^\[(?P<time>[^\]]+)\]\[[^\]]*\] GC\((?P<gc>\d+)\) (?P<text>.*)$")
+# A pause, e.g. G1 "Pause Young (Normal) (G1 Evacuation Pause) 26M->6M(512M) 10.719ms" or ZGC
+# (gc+phases) "Pause Mark Start 0.009ms".
+_PAUSE = re.compile(r"^(?P<kind>Pause(?: [A-Z][a-z]+)+) (?:.*? )?(?P<ms>[\d.]+)ms$")
 # ZGC: a cycle opens with this pause and ends with its summary line ("Garbage Collection (Proactive)
 # 1582M(77%)->246M(12%)"), logged once the cycle is over.
 _ZGC_OPENS = re.compile(r"^Pause Mark Start (?P<ms>[\d.]+)ms$")
@@ -86,34 +83,38 @@ def _epoch_ns(stamp: str) -> int:
     return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp() * 1e9)
 
 
-def parse_pauses(text: str) -> list[Pause]:
-    """Every pause line of a JDK unified GC log (decorations `time,uptime`), in log order."""
-    pauses = []
-    for line in text.splitlines():
-        match = _PAUSE.match(line.strip())
-        if match is None:
-            continue
-        end_ns = _epoch_ns(match["time"])
-        pauses.append(Pause(end_ns, int(float(match["ms"]) * 1e6), match["kind"].strip()))
-    return pauses
+def parse_gc(text: str) -> tuple[list[Pause], list[Cycle]]:
+    """Every pause and concurrent cycle of a JDK unified GC log (decorations `time,uptime`).
 
-
-def parse_cycles(text: str) -> list[Cycle]:
-    """Every concurrent cycle of a JDK unified GC log: ZGC's collections, G1's marking."""
-    cycles = []
+    One pass over the log, in log order; cycles are ZGC's collections and G1's marking.
+    """
+    pauses: list[Pause] = []
+    cycles: list[Cycle] = []
     opened: dict[str, int] = {}  # ZGC cycle number -> when its first pause began
     for line in text.splitlines():
         match = _LINE.match(line.strip())
         if match is None:
             continue
-        at_ns, text_ = _epoch_ns(match["time"]), match["text"]
-        if (first := _ZGC_OPENS.match(text_)) is not None:
+        at_ns, said = _epoch_ns(match["time"]), match["text"]
+        if (pause := _PAUSE.match(said)) is not None:
+            pauses.append(Pause(at_ns, int(float(pause["ms"]) * 1e6), pause["kind"].strip()))
+        if (first := _ZGC_OPENS.match(said)) is not None:
             opened[match["gc"]] = at_ns - int(float(first["ms"]) * 1e6)
-        elif (end := _ZGC_ENDS.match(text_)) is not None and match["gc"] in opened:
+        elif (end := _ZGC_ENDS.match(said)) is not None and match["gc"] in opened:
             cycles.append(Cycle(opened.pop(match["gc"]), at_ns, end["cause"]))
-        elif (marking := _G1_MARKING.match(text_)) is not None:
+        elif (marking := _G1_MARKING.match(said)) is not None:
             cycles.append(Cycle(at_ns - int(float(marking["ms"]) * 1e6), at_ns, "G1 marking"))
-    return cycles
+    return pauses, cycles
+
+
+def parse_pauses(text: str) -> list[Pause]:
+    """Every stop-the-world pause of a GC log, in log order."""
+    return parse_gc(text)[0]
+
+
+def parse_cycles(text: str) -> list[Cycle]:
+    """Every concurrent cycle of a GC log, in log order."""
+    return parse_gc(text)[1]
 
 
 def read_gc(path: Path) -> tuple[list[Pause], list[Cycle]]:
@@ -122,7 +123,7 @@ def read_gc(path: Path) -> tuple[list[Pause], list[Cycle]]:
         text = path.read_text(errors="replace")
     except OSError:
         return [], []
-    return parse_pauses(text), parse_cycles(text)
+    return parse_gc(text)
 
 
 def spans_between(spans: Sequence[SpanT], start_ns: int, end_ns: int) -> list[SpanT]:

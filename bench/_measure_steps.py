@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench._broker_gc import Cycle, Pause, overlaps_any, read_gc, spans_between
+from bench._broker_gc import Cycle, Pause, Span, overlaps_any, read_gc, spans_between
 from bench._paced_load import LoadReport, LoadSpec, load_process_main, make_event, sent_ns_of
 from bench._proc_stats import CpuMeter
 from streams.settings import Settings
@@ -333,10 +333,10 @@ def run_step(
     end_lag = sampler.join() if sampler is not None else None
     lags = sampler.samples if sampler is not None else []
     measure_from = report.started_ns + int(warmup_s * 1e9)
-    gc = read_gc(ctx.gc_log) if ctx.gc_log is not None else None
+    broker_gc = read_gc(ctx.gc_log) if ctx.gc_log is not None else None
     result = summarise(ctx.system, mix, rate, report, arrivals, measure_from, cpu, lags, end_lag)
     result.linger_ms = linger_ms
-    return attribute_broker_gc(result, arrivals, measure_from, report.finished_ns, gc)
+    return attribute_broker_gc(result, arrivals, measure_from, report.finished_ns, broker_gc)
 
 
 def attribute_broker_gc(
@@ -344,23 +344,23 @@ def attribute_broker_gc(
     arrivals: list[Arrival],
     measure_from: int,
     finished_ns: int,
-    gc: tuple[list[Pause], list[Cycle]] | None,
+    broker_gc: tuple[list[Pause], list[Cycle]] | None,
 ) -> StepResult:
     """Add the broker's GC pauses and cycles in the window and the p99 of the triggers clear of them."""
     window = [a for a in arrivals if measure_from <= a.sent_ns <= finished_ns]
     decided = sorted((a.decided_ns - a.sent_ns) / 1e6 for a in window if a.decided_ns is not None)
     result.p99_decided_ms = percentile(decided, 99)
-    if gc is None or not window:
+    if broker_gc is None or not window:
         return result
     last_recv = max(a.recv_ns for a in window)
-    pauses = spans_between(gc[0], measure_from, last_recv)
-    cycles = spans_between(gc[1], measure_from, last_recv)
+    pauses = spans_between(broker_gc[0], measure_from, last_recv)
+    cycles = spans_between(broker_gc[1], measure_from, last_recv)
     result.gc_pauses, result.gc_cycles = pauses, cycles
+    spans: list[Span] = [*pauses, *cycles]
     result.clear_latencies_ms = sorted(
         (a.recv_ns - a.sent_ns) / 1e6
         for a in window
-        if not overlaps_any(a.sent_ns, a.recv_ns, pauses)
-        and not overlaps_any(a.sent_ns, a.recv_ns, cycles)
+        if not overlaps_any(a.sent_ns, a.recv_ns, spans)
     )
     result.p99_clear_ms = percentile(result.clear_latencies_ms, 99)
     return result
