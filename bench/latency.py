@@ -739,10 +739,21 @@ a core): woken, the thread waits its turn on a busy core. **Kept:** Nagle off on
 3+3: the way out p90 0.61-0.68 against 0.65-0.80 ms, p99 within noise). **Earlier the same
 day:** the redo log instead of a RocksDB note (20 -> 8 µs a note), the changelog producer's 50 ms
 linger (broker CPU 55-59% against 63%), keyed BLAKE2b draws and one matrix-vector product for
-all actions' scores; see the git log. **What would move it:** far fewer CPU-microseconds per
-trigger (165-235 µs in process in today's measurements, about half of it deciding: features,
-scores, policy, guardrails in Python), i.e. a compiled decision path, not a trim; or a broker
-on cores of its own. **Not worth
+all actions' scores; see the git log. **The decision path's CPU does not set the p99
+(afternoon of 2026-12-06, alternating runs of 3 rounds, one broker):** a busy loop of 150 µs
+(a temporary patch) added to every record the worker handles, before its decision is sent
+(CPU 56-59% -> 64-68% of a core), raised Kairos's p50 by 0.15-0.2 ms (1.46-1.64 -> 1.64-1.82
+ms) and not its p99: pooled 5.46 and 6.44 ms without, 5.32 and 6.62 ms with (2+2 runs). So a compiled decision
+path, which this section named as the lever before, would buy the p50 and little of the p99.
+Nor is it group commit: every record written and sent alone (`KAIROS_WRITE_BATCH_MS=0`) gave
+7.42 and 5.47 ms pooled against 6.20 and 5.82 ms with the default 2 ms; nor, as far as 2+2 runs
+tell, the worker's writes to disk: its tables on tmpfs gave 6.44 and 6.29 ms against 6.91 and
+8.61 ms on ext4 (rounds 4.2-8.4 against 6.2-17.8 ms, within the run-to-run spread). mypyc on the
+decision modules compiled in 7 minutes and was slower (254 against 185 µs a trigger in process),
+with msgspec failing on the compiled state types; not pursued. **What would move it** is not
+measured yet: what is left is how the worker's three Kafka clients and its threads share the
+2 cores with the broker (the way in and the way out are each slower than the floor's), or a
+broker on cores of its own. **Not worth
 it:** both tables of a partition in one RocksDB database (one WAL write a turn instead of two)
 saves 1-3 µs a turn (13-15 against 15-18 µs for the two writes, microbenchmark with 1 ms between
 writes); a leaner decision record: it is 2.4 KB of JSON (1.3 KB of it the features), and
