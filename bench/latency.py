@@ -750,10 +750,19 @@ Nor is it group commit: every record written and sent alone (`KAIROS_WRITE_BATCH
 tell, the worker's writes to disk: its tables on tmpfs gave 6.44 and 6.29 ms against 6.91 and
 8.61 ms on ext4 (rounds 4.2-8.4 against 6.2-17.8 ms, within the run-to-run spread). mypyc on the
 decision modules compiled in 7 minutes and was slower (254 against 185 µs a trigger in process),
-with msgspec failing on the compiled state types; not pursued. **What would move it** is not
-measured yet: what is left is how the worker's three Kafka clients and its threads share the
-2 cores with the broker (the way in and the way out are each slower than the floor's), or a
-broker on cores of its own. **Not worth
+with msgspec failing on the compiled state types; not pursued. **What would move it: fewer
+bytes, it seems, and a broker on cores of its own.** Per trigger the bare loop sends back 126
+bytes; Kairos sends a 2,377-byte decision, a 2,386-byte pending-table changelog record (the open
+decision is in it) and a 76-byte state changelog record, 38x as much. Temporary ablations (not
+shipped), alternating runs of 3 rounds on one broker, per-round Kairos p99: as shipped, median
+6.44 ms, 6 of 21 rounds over 8 ms (pooled ratio per run 2.1-4.0x, median 2.5x); without the
+changelog records (for measurement only: the tables need them), median 6.12 ms, 1 of 15 over 8 ms
+(median 2.3x); a 200-byte decision record instead of the full one, median 5.77 ms, 1 of 15 over
+8 ms (1.8-2.4x, median 2.2x); lz4 on the changelog producer alone (2 runs), 6.21 ms, no better.
+The bytes show in the episodes more than in the body. A lean action-topic record (the features,
+1.3 KB, and the scores stay in the pending row and the rewards topic, where learning and
+evaluation read them) is the next thing to build and measure; on its own it does not reach 2x in
+these runs. **Not worth
 it:** both tables of a partition in one RocksDB database (one WAL write a turn instead of two)
 saves 1-3 µs a turn (13-15 against 15-18 µs for the two writes, microbenchmark with 1 ms between
 writes); a leaner decision record: it is 2.4 KB of JSON (1.3 KB of it the features), and
