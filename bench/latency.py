@@ -743,8 +743,9 @@ all actions' scores; see the git log. **The decision path's CPU does not set the
 (afternoon of 2026-12-06, alternating runs of 3 rounds, one broker):** a busy loop of 150 µs
 (a temporary patch) added to every record the worker handles, before its decision is sent
 (CPU 56-59% -> 64-68% of a core), raised Kairos's p50 by 0.15-0.2 ms (1.46-1.64 -> 1.64-1.82
-ms) and not its p99: pooled 5.46 and 6.44 ms without, 5.32 and 6.62 ms with (2+2 runs). So a compiled decision
-path, which this section named as the lever before, would buy the p50 and little of the p99.
+ms) and not its p99: pooled 5.46 and 6.44 ms without, 5.32 and 6.62 ms with (2+2 runs). So a
+compiled decision path, which this section named as the lever before, would buy the p50 and
+little of the p99.
 Nor is it group commit: every record written and sent alone (`KAIROS_WRITE_BATCH_MS=0`) gave
 7.42 and 5.47 ms pooled against 6.20 and 5.82 ms with the default 2 ms; nor, as far as 2+2 runs
 tell, the worker's writes to disk: its tables on tmpfs gave 6.44 and 6.29 ms against 6.91 and
@@ -765,9 +766,10 @@ evaluation read them) is the next thing to build and measure; on its own it does
 these runs. **Not worth
 it:** both tables of a partition in one RocksDB database (one WAL write a turn instead of two)
 saves 1-3 µs a turn (13-15 against 15-18 µs for the two writes, microbenchmark with 1 ms between
-writes); a leaner decision record: it is 2.4 KB of JSON (1.3 KB of it the features), and
-without the features encoding it takes 1.1 instead of 2.6 µs, the rest of the saving is
-~2.5 KB less to note, write and send, a few µs; a 16x larger block cache: a table read took
+writes); a leaner decision record *for the worker's CPU*: it is 2.4 KB of JSON (1.3 KB of it
+the features), and without the features encoding it takes 1.1 instead of 2.6 µs, the rest of
+the saving is ~2.5 KB less to note, write and send, a few µs (its bytes through the broker are
+another matter, above); a 16x larger block cache: a table read took
 6.5 against 6.7 µs (in process, 30,000 triggers each).
 """
 
