@@ -10,6 +10,7 @@ from schemas.codec import (
     decode_outcome,
     decode_reward,
     encode,
+    encode_action,
 )
 from schemas.records import (
     CHANNELS,
@@ -42,4 +43,5 @@ __all__ = [
     "decode_outcome",
     "decode_reward",
     "encode",
+    "encode_action",
 ]

@@ -66,6 +66,20 @@ def encode(record: Record) -> bytes:
     return _ENCODER.encode(record)
 
 
+def encode_action(decision: Decision, *, features: bool = False) -> bytes:
+    """Encode a decision for the action topic: without its features unless `features` is set.
+
+    Senders need the action, its ids and times, not the model's inputs: leaving them out halves
+    the record (and keeps derived customer data off a topic many consumers read). Learning and
+    evaluation read the features from rewards.v1. A lean record decodes with ``features == {}``.
+    """
+    if features:
+        return _ENCODER.encode(decision)
+    fields = msgspec.structs.asdict(decision)
+    del fields["features"]
+    return _ENCODER.encode(fields)
+
+
 def _check_size(data: Buffer) -> None:
     """Reject payloads above MAX_RECORD_BYTES before spending any time parsing them."""
     n = len(data)

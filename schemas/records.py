@@ -88,7 +88,12 @@ class Trigger(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
-    """A decision with everything needed to learn from it and evaluate it later; decisions.v1."""
+    """A decision with everything needed to learn from it and evaluate it later; decisions.v1.
+
+    `features` (the model's inputs, about half the record) is always in the pending table and
+    in rewards.v1, where learning and evaluation read it. On the action topic, which senders
+    read, it is left out unless the worker is asked for it: see `codec.encode_action`.
+    """
 
     schema_version: int = SCHEMA_VERSION
     decision_id: Id
@@ -99,7 +104,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     propensity: Probability
     probabilities: dict[str, float]
     scores: dict[str, float]
-    features: dict[str, float]
+    features: dict[str, float] = {}
     model_version: int
     explore: bool
     holdout: bool

@@ -37,6 +37,7 @@ from schemas.codec import (
     decode_event,
     decode_outcome,
     encode,
+    encode_action,
 )
 from schemas.records import Decision, Outcome, RewardRecord, Trigger
 from streams.dead_letters import dead_letter_record
@@ -353,6 +354,10 @@ class Processor:
 
     # ---- internals ----------------------------------------------------------------------------
 
+    def _action(self, decision: Decision) -> bytes:
+        """The action topic's record: lean unless `action_features` asks for the features."""
+        return encode_action(decision, features=self.settings.action_features)
+
     def _resend(self, decision: Decision, result: Result) -> None:
         """Send a decision made before again, byte-identical (downstream drops it by its id).
 
@@ -362,7 +367,7 @@ class Processor:
         """
         self.metrics.decisions_resent.labels(campaign=decision.campaign).inc()
         result.outputs.append(
-            Output(self._topics.decisions, decision.customer_id.encode(), encode(decision))
+            Output(self._topics.decisions, decision.customer_id.encode(), self._action(decision))
         )
 
     def _decide_all(
@@ -397,7 +402,7 @@ class Processor:
                     Output(
                         self._topics.decisions,
                         decision.customer_id.encode(),
-                        encode(decision),
+                        self._action(decision),
                     )
                 )
                 self._decisions(

@@ -185,6 +185,14 @@ class Settings(BaseSettings):
         "so that full collections walk only newer objects (shorter event-loop pauses; "
         "streams/gc_pauses.py, BENCHMARKS.md).",
     )
+    action_features: bool = Field(
+        default=False,
+        description="Put each decision's features (the model's inputs, about half its bytes) on "
+        "the action topic too. Off: senders get the action, ids, propensity, scores and times; "
+        "the features stay in the pending table and rewards.v1, where learning, export and "
+        "evaluation read them. Fewer bytes per trigger through the broker (BENCHMARKS.md, "
+        "Latency), and derived customer data off a topic every sender reads.",
+    )
     # Input hygiene.
     max_event_age_days: float = Field(default=30.0, gt=0)
     max_event_future_s: float = Field(default=300.0, ge=0)

@@ -8,12 +8,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
 from engine.campaign import builtin_campaign
 from engine.clock import ManualClock
-from schemas.codec import decode_decision, decode_reward
+from schemas.codec import decode_decision, decode_reward, encode
 from streams.dead_letters import original_bytes
 from streams.processor import Processor, Result
 from streams.settings import Settings
@@ -195,6 +196,31 @@ def test_a_conversion_with_the_decision_id_is_rewarded_once_and_the_model_learns
         }
     )
     assert rows.save(processor.on_outcome(late, rows, ("o", 0, 2))).outputs == []
+
+
+def test_the_action_topic_gets_a_lean_decision_and_the_reward_carries_the_features(
+    clock: ManualClock,
+) -> None:
+    campaigns = [builtin_campaign("cart_abandonment")]
+    lean = Processor(Settings(), campaigns, clock)
+    rows = Rows()
+    result = rows.save(lean.on_event(raw_event(clock, "c9", "cart_abandoned"), rows, src()))
+    (made,) = result.decisions
+    assert len(made.features) > 10
+    (sent,) = [o.value for o in result.outputs if o.topic == lean.settings.topics.decisions]
+    assert b'"features"' not in sent
+    assert len(sent) < len(encode(made)) * 0.6
+    # Everything but the features arrives, and the pending row keeps them for the reward.
+    assert decode_decision(sent) == msgspec.structs.replace(made, features={})
+    assert b"features" in rows.pendings["c9"]
+    clock.advance((made.attribution_deadline - made.decided_ts).total_seconds() + 1)
+    (reward,) = [decode_reward(o.value) for o in rows.save(lean.on_tick("c9", rows)).outputs]
+    assert reward.decision == made
+    # Asked for, the action topic gets the whole decision, the same bytes the reward nests.
+    full = Processor(Settings(action_features=True), campaigns, clock)
+    again = full.on_event(raw_event(clock, "c9", "cart_abandoned"), Rows(), src())
+    (sent_full,) = [o.value for o in again.outputs if o.topic == full.settings.topics.decisions]
+    assert sent_full == encode(again.decisions[0])
 
 
 def test_cart_silence_becomes_an_abandonment_after_the_timeout(

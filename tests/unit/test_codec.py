@@ -20,6 +20,7 @@ from schemas.codec import (
     decode_outcome,
     decode_reward,
     encode,
+    encode_action,
 )
 from schemas.records import EVENT_TYPES, OUTCOME_TYPES, Decision, Event, Outcome, RewardRecord
 
@@ -201,6 +202,15 @@ def test_outcome_decision_and_reward_round_trip() -> None:
         joined_ts=TS + timedelta(hours=1),
     )
     assert decode_reward(encode(record)) == record
+
+
+def test_an_action_record_leaves_out_only_the_features_unless_asked() -> None:
+    decision = make_decision()
+    assert decision.features  # the fixture has some, or this test proves nothing
+    lean = orjson.loads(encode_action(decision))
+    assert set(lean) == set(orjson.loads(encode(decision))) - {"features"}
+    assert decode_decision(encode_action(decision)).features == {}
+    assert encode_action(decision, features=True) == encode(decision)
 
 
 def test_decision_timestamps_normalised_and_blank_customer_rejected() -> None:
