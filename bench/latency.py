@@ -786,13 +786,15 @@ shared 2-core VM the 10 ms and 5,000 events/s goals are met in a quiet hour and 
 a slow one (the same hour's `--only kairos` runs, on a fresh broker, stayed under 10 ms); the 2x
 goal is missed in every run.
 
-**Next for throughput:** the table reads (`_Rows.row`, RocksDB gets) are 14-17% of the worker's
-busy samples at 5,000-6,000 mixed events/s (profile above); a bounded in-memory row cache in front
-of them (the worker is the tables' only writer) is the next lever to build; not built or measured
-yet. **Not worth it:** both tables of a partition in one RocksDB database (one WAL write a turn
-instead of two) saves 1-3 µs a turn (13-15 against 15-18 µs for the two writes, microbenchmark with
-1 ms between writes); a 16x larger block cache: a table read took 6.5 against 6.7 µs (in process,
-30,000 triggers each).
+**Not worth it:** an in-memory row cache in front of the table reads (`_Rows.row`, RocksDB gets,
+14-17% of the worker's busy samples at 5,000-6,000 mixed events/s in the profile above): a
+temporary unbounded cache, written through at each flush, in process with the bench's 100,000
+customers drawn uniformly, answered 18-29% of the reads and left the cost of a mixed event where it
+was, 83.5-87.5 against 81.2-85.6 µs (2+2 runs); a read costs ~7 µs and there are 1.2 an event, so
+even every read answered would save about a tenth; both tables of a partition in one RocksDB
+database (one WAL write a turn instead of two) saves 1-3 µs a turn (13-15 against 15-18 µs for the
+two writes, microbenchmark with 1 ms between writes); a 16x larger block cache: a table read took
+6.5 against 6.7 µs (in process, 30,000 triggers each).
 """
 
 
