@@ -298,7 +298,7 @@ def measure_paired(
 ) -> None:
     """The 2x goal, side by side: the bare loop and the Kairos worker both running, measured at
     GOAL_RATE in alternating rounds (ABBA order), so that both see the same minutes of the
-    machine. Separate steps minutes apart gave the floor p99s 1.5-2.8 ms from run to run.
+    machine. Separate steps minutes apart gave the floor p99s 1.5-3.8 ms from run to run.
     """
     prefix, run_dir = f"{prefix}-pair", run_dir / "paired"
     with (
@@ -894,7 +894,7 @@ def _paired_table(run: Run, args: argparse.Namespace) -> list[str]:
         f"rounds, Kairos first in even ones), each {args.warmup_s:g} s warm-up + "
         f"{args.paired_step_s:g} s measured; `pooled` = the percentiles over every round's "
         "triggers. Measured in steps of their own minutes apart (the table above), the bare "
-        "loop's p99 moved 1.5-2.8 ms between runs of the same day; alternating gives both systems "
+        "loop's p99 moved 1.5-3.8 ms between runs of the same day; alternating gives both systems "
         "the same minutes of this shared machine.",
         "",
         "| round | bare loop p50 | bare loop p99 | Kairos p50 | Kairos p99 | Kairos p99 / bare p99 |",
