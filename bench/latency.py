@@ -690,7 +690,8 @@ floor's p99 was 1.4-5.9 ms and Kairos's 3.7-7.5 ms, 1.3-3.9x (8 rounds within 2x
 run 1.9, 2.4, 2.4, 2.5, 2.6 and 2.4x (the 10:55 run), and 2.3x and 2.8x in the two runs before
 them.
 The earlier "1.5x" was a slow-floor run.
-**Against the bare loop the 2x goal is missed; the 10 ms goal is met with room.**
+**Against the bare loop the 2x goal is missed; the 10 ms goal is met in a quiet hour (5.62 ms
+at 10:55) and missed narrowly in this slower afternoon (below).**
 
 **Where Kairos's extra latency is (diagnostic runs with timestamps in Kafka headers, not in
 the shipped code):** per trigger at 1,000/s, bare loop against Kairos worker, p50 / p99 in ms:
@@ -752,8 +753,8 @@ Nor is it group commit: every record written and sent alone (`KAIROS_WRITE_BATCH
 tell, the worker's writes to disk: its tables on tmpfs gave 6.44 and 6.29 ms against 6.91 and
 8.61 ms on ext4 (rounds 4.2-8.4 against 6.2-17.8 ms, within the run-to-run spread). mypyc on the
 decision modules compiled in 7 minutes and was slower (254 against 185 µs a trigger in process),
-with msgspec failing on the compiled state types; not pursued. **What would move it: fewer
-bytes, it seems, and a broker on cores of its own.** Per trigger the bare loop sends back 126
+with msgspec failing on the compiled state types; not pursued. **Fewer bytes moved it a
+little (below); a broker on cores of its own is untested here.** Per trigger the bare loop sends back 126
 bytes; Kairos sent a 2,377-byte decision, a 2,386-byte pending-table changelog record (the open
 decision is in it) and a 76-byte state changelog record, 38x as much. Temporary ablations (not
 shipped), alternating runs of 3 rounds on one broker, per-round Kairos p99: as then shipped, median
