@@ -174,6 +174,13 @@ class WorkerMetrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
+        self.cpu_latency_request = Gauge(
+            "kairos_cpu_latency_request_seconds",
+            "The CPU wake-up latency request this worker holds (KAIROS_CPU_LATENCY_US), "
+            "-1 when it holds none",
+            registry=r,
+        )
+        self.cpu_latency_request.set(-1)
         self.pending_timers = Gauge(
             "kairos_pending_timers", "Timers and attribution deadlines indexed", registry=r
         )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.campaign import Campaign
 from streams.campaign_files import resolve_campaigns
+from streams.cpu_latency import CpuLatencyRequest
 from streams.gc_pauses import GcPauseRecorder
 from streams.logs import configure_logging
 from streams.model_store import load_latest_snapshots
@@ -35,8 +36,14 @@ def run_worker(settings: Settings) -> None:
     configure_logging(settings.log_level)
     campaigns = resolve_campaigns(settings.campaigns)
     ensure_topics(settings)
+    # Held for the process's life: the kernel drops it when the process ends, however it ends.
+    cpu_latency = hold_cpu_latency(settings)
     if settings.runtime == "rdkafka":
-        code = run_rdkafka_worker(settings, campaigns, started)
+        try:
+            code = run_rdkafka_worker(settings, campaigns, started, cpu_latency)
+        finally:
+            if cpu_latency is not None:
+                cpu_latency.release()
         if code:
             raise SystemExit(code)
         return
@@ -51,7 +58,7 @@ def run_worker(settings: Settings) -> None:
         log.info(
             "exactly-once: local tables rebuilt from the changelog", extra={"removed": removed}
         )
-    _prepare(kairos, settings, campaigns, started)
+    _prepare(kairos, settings, campaigns, started, cpu_latency)
     worker = Worker(
         kairos.app,
         loglevel=settings.log_level,
@@ -62,14 +69,28 @@ def run_worker(settings: Settings) -> None:
     worker.execute_from_commandline()
 
 
-def run_rdkafka_worker(settings: Settings, campaigns: list[Campaign], started: float) -> int:
+def hold_cpu_latency(settings: Settings) -> CpuLatencyRequest | None:
+    """Hold the configured CPU latency request (None if none is configured; see cpu_latency)."""
+    if settings.cpu_latency_us is None:
+        return None
+    request = CpuLatencyRequest(settings.cpu_latency_us)
+    request.hold()
+    return request
+
+
+def run_rdkafka_worker(
+    settings: Settings,
+    campaigns: list[Campaign],
+    started: float,
+    cpu_latency: CpuLatencyRequest | None = None,
+) -> int:
     """The rdkafka runtime (streams/rdkafka_worker.py) with its web server; returns the exit code."""
     from streams.processor import customer_view
     from streams.rdkafka_worker import RdkafkaWorker
     from streams.web_server import WorkerWebServer
 
     worker = RdkafkaWorker(settings, campaigns)
-    _prepare(worker, settings, campaigns, started)
+    _prepare(worker, settings, campaigns, started, cpu_latency)
 
     def lookup(customer_id: str) -> dict[str, Any] | None:
         rows = worker.customer_rows(customer_id)
@@ -89,7 +110,11 @@ def run_rdkafka_worker(settings: Settings, campaigns: list[Campaign], started: f
 
 
 def _prepare(
-    worker: KairosApp | RdkafkaWorker, settings: Settings, campaigns: list[Campaign], started: float
+    worker: KairosApp | RdkafkaWorker,
+    settings: Settings,
+    campaigns: list[Campaign],
+    started: float,
+    cpu_latency: CpuLatencyRequest | None = None,
 ) -> None:
     """What every runtime does before it runs: snapshots, GC pause metrics, model following."""
     loaded = load_latest_snapshots(settings, worker.processor)
@@ -104,6 +129,8 @@ def _prepare(
         },
     )
     worker.started_at = started
+    if cpu_latency is not None and cpu_latency.held:
+        worker.metrics.cpu_latency_request.set(cpu_latency.microseconds / 1e6)
     GcPauseRecorder(worker.metrics.registry).install()
     worker.freeze_heap_when_ready = settings.gc_freeze
     if settings.learning == "remote":

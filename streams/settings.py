@@ -185,6 +185,15 @@ class Settings(BaseSettings):
         "so that full collections walk only newer objects (shorter event-loop pauses; "
         "streams/gc_pauses.py, BENCHMARKS.md).",
     )
+    cpu_latency_us: int | None = Field(
+        default=None,
+        ge=0,
+        description="Hold a Linux CPU wake-up latency request (/dev/cpu_dma_latency) of this "
+        "many µs while the worker runs; 0 keeps idle CPUs polling instead of halting, so a "
+        "record does not wake the worker on a cold, halted vCPU. Machine-wide, costs idle CPU "
+        "and needs write access to the device (streams/cpu_latency.py, BENCHMARKS.md Latency: "
+        "p99 roughly halved for the worker and the bare loop alike on 2-core VMs). Unset: none.",
+    )
     action_features: bool = Field(
         default=False,
         description="Put each decision's features (the model's inputs, about half its bytes) on "
