@@ -133,3 +133,40 @@ def test_the_pooled_ratio_clear_of_broker_gc_is_reported_beside_the_verdict() ->
     table = "\n".join(_paired_table(run, argparse.Namespace(warmup_s=3.0, paired_step_s=8.0)))
     assert "bare loop p99 1.00 ms, Kairos p99 2.00 ms, 2.0x" in table
     assert "**2.2x**" in table
+
+
+def test_the_polling_rounds_get_a_table_of_their_own_and_do_not_change_the_verdict() -> None:
+    run = Run(started=datetime(2026, 12, 6, tzinfo=UTC))
+    run.paired = [
+        _trigger_step("bare confluent-kafka loop", 1000, 1, [4.0] * 100),
+        _trigger_step("Kairos worker", 1000, 1, [10.0] * 100),
+    ]
+    run.paired_polling = [
+        _trigger_step("bare confluent-kafka loop", 1000, 1, [2.0] * 100),
+        _trigger_step("Kairos worker", 1000, 1, [6.0] * 100),
+    ]
+    run.latency = [_trigger_step("Kairos worker", 1000, 0, [9.0] * 100)]
+    polling = paired_verdict(run, run.paired_polling)
+    assert polling is not None and polling.ratio == 3.0
+    default = paired_verdict(run)
+    assert default is not None and default.ratio == 2.5  # the verdict stays the default rounds'
+    lines = _goals(run)
+    assert any("**2.5x** (goal ≤ 2x): **missed**" in x for x in lines)
+    with_polling = next(x for x in lines if "idle CPUs polling" in x)
+    assert "p99 6.00 against 2.00 ms: 3.0x" in with_polling and "meets the 10 ms" in with_polling
+    table = "\n".join(_paired_table(run, argparse.Namespace(warmup_s=3.0, paired_step_s=8.0)))
+    assert "#### The same with idle CPUs polling" in table
+    assert "| **pooled** | 2.00 | 2.00 | 6.00 | 6.00 | **3.0x** |" in table
+    assert "bare loop 2.00 against 4.00 ms (0.50x), Kairos 6.00 against 10.00 ms (0.60x)" in table
+
+
+def test_polling_rounds_that_could_not_be_measured_say_why() -> None:
+    run = Run(started=datetime(2026, 12, 6, tzinfo=UTC))
+    run.paired = [
+        _trigger_step("bare confluent-kafka loop", 1000, 1, [1.0] * 100),
+        _trigger_step("Kairos worker", 1000, 1, [2.0] * 100),
+    ]
+    run.polling_skipped = "/dev/cpu_dma_latency could not be opened for writing"
+    table = "\n".join(_paired_table(run, argparse.Namespace(warmup_s=3.0, paired_step_s=8.0)))
+    assert "with idle CPUs polling: not measured (/dev/cpu_dma_latency could not be" in table
+    assert not any("idle CPUs polling" in x for x in _goals(run))
