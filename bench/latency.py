@@ -601,7 +601,8 @@ def render(run: Run, args: argparse.Namespace) -> str:
             else ". "
         )
         + "Triggers are explicit `cart_abandoned` events; the Kairos worker runs the three shipped "
-        "campaigns with default settings and the decision is read from the action topic."
+        "campaigns with default settings and the decision is read from the action topic. "
+        + _idle_text(args)
     )
     out += ["", "### Trigger-to-output latency (ms)", ""]
     out.append(
@@ -994,6 +995,21 @@ def _polling_table(run: Run, args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _idle_text(args: argparse.Namespace) -> str:
+    """How idle CPUs behaved during the run: the machine's default, or polling by request."""
+    us = getattr(args, "cpu_latency_us", None)
+    if us is None:
+        return (
+            f"Idle CPUs: the machine's default (cpuidle driver `{cpuidle_driver()}`; on this VM an "
+            "idle vCPU halts at once)."
+        )
+    return (
+        f"Idle CPUs: **a CPU latency request of {us} µs was held for the whole run** "
+        f"(`KAIROS_CPU_LATENCY_US={us}`, by the worker and by the bench, machine-wide, so every "
+        f"system had it; cpuidle driver `{cpuidle_driver()}`)."
+    )
+
+
 def cpuidle_driver() -> str:
     """The kernel's cpuidle driver (e.g. haltpoll on KVM guests), or "unknown"."""
     try:
@@ -1217,6 +1233,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         run.notes.append(note)
         print(f"warning: {note}")
+    # KAIROS_CPU_LATENCY_US: the worker holds it (as a user's would) and so does the bench, for
+    # the whole run, so that the floors run on the same machine as the worker.
+    whole_run = None
+    if base.cpu_latency_us is not None:
+        whole_run = CpuLatencyRequest(base.cpu_latency_us)
+        if not whole_run.hold():
+            print(f"KAIROS_CPU_LATENCY_US is set but {whole_run.device} is not writable")
+            return 2
+        args.polling_rounds = 0  # every round already runs with it
+    args.cpu_latency_us = base.cpu_latency_us
     started = time.monotonic()
     try:
         if args.broker_warmup_s > 0:
@@ -1241,6 +1267,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.backlog and args.only in ("backlog", "all"):
             measure_backlogs(base, run_dir, prefix, args, run)
     finally:
+        if whole_run is not None:
+            whole_run.release()
         if not args.keep:
             deleted = delete_run_topics(settings, prefix)
             print(f"deleted {deleted} topics")
