@@ -191,8 +191,8 @@ class Settings(BaseSettings):
         description="Hold a Linux CPU wake-up latency request (/dev/cpu_dma_latency) of this "
         "many µs while the worker runs; 0 keeps idle CPUs polling instead of halting, so a "
         "record does not wake the worker on a cold, halted vCPU. Machine-wide, costs idle CPU "
-        "and needs write access to the device (streams/cpu_latency.py, BENCHMARKS.md Latency: "
-        "p99 roughly halved for the worker and the bare loop alike on 2-core VMs). Unset: none.",
+        "and needs write access to the device (streams/cpu_latency.py; BENCHMARKS.md Latency: "
+        "medians about halved at 1,000 triggers/s on our 2-core VMs). Unset: none.",
     )
     action_features: bool = Field(
         default=False,
