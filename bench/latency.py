@@ -4,7 +4,7 @@
 
 On the broker named by KAIROS_KAFKA_BOOTSTRAP, with topics of its own (uuid prefix):
 0. side by side (the 2x goal): the bare confluent-kafka loop and a Kairos worker both running,
-   measured at 1,000 triggers/s in alternating rounds, p99 pooled per system; each round again
+   measured at 1,000 triggers/s in alternating rounds, p99 pooled per system; then the same
    with idle CPUs polling (a 0 µs CPU latency request held, as KAIROS_CPU_LATENCY_US=0 does);
 1. floors: a bare confluent-kafka consume-and-produce loop, then a bare Faust pass-through agent
    (Kairos' Faust settings), each offered cart_abandoned events at 500, 1,000 and 2,000/s;
@@ -306,20 +306,48 @@ def measure_paired(
     GOAL_RATE in alternating rounds (ABBA order), so that both see the same minutes of the
     machine. Separate steps minutes apart gave the floor p99s 1.5-4.8 ms from run to run.
 
-    With `--polling-rounds`, each round is followed by one with idle CPUs polling: the bench
-    holds a 0 µs CPU latency request (streams/cpu_latency.py, what KAIROS_CPU_LATENCY_US=0 does
-    in a worker) for that round only. It is machine-wide, so both systems get it.
+    With `--polling-rounds`, the same stage runs again afterwards with idle CPUs polling: the
+    bench holds a 0 µs CPU latency request (streams/cpu_latency.py, what KAIROS_CPU_LATENCY_US=0
+    does in a worker) for that stage only; machine-wide, so both systems get it. It has a fresh
+    worker, topics and tables of its own: the worker's tables grow with every round (and their
+    compactions with them), so rounds interleaved with the default ones would make both stages
+    longer than the default stage alone.
     """
-    prefix, run_dir = f"{prefix}-pair", run_dir / "paired"
-    polling = CpuLatencyRequest(0) if args.polling_rounds else None
+    _side_by_side(base, settings, f"{prefix}-pair", run_dir / "paired", args, run, "paired")
+    if not args.polling_rounds:
+        return
+    polling = CpuLatencyRequest(0)
+    if not polling.hold():
+        run.polling_skipped = f"{polling.device} could not be opened for writing"
+        return
+    try:
+        _side_by_side(base, settings, f"{prefix}-poll", run_dir / "polling", args, run, "polling")
+    finally:
+        polling.release()
+
+
+def _side_by_side(
+    base: Settings,
+    settings: Settings,
+    prefix: str,
+    run_dir: Path,
+    args: argparse.Namespace,
+    run: Run,
+    label: str,
+) -> None:
+    """One side-by-side stage: a bare loop and a fresh Kairos worker, rounds in ABBA order."""
+    rounds, into = (
+        (args.paired_rounds, run.paired)
+        if label == "paired"
+        else (args.polling_rounds, run.paired_polling)
+    )
     with (
         floor_running("confluent", settings, prefix, run_dir, args, run) as floor,
         kairos_running(base, run_dir, prefix, args, run, "rdkafka") as (kairos, _),
     ):
         run_step(kairos, 1000, "mixed", 0.0, args.warmup_s * 2)  # customers get state
         run_step(floor, 500, "triggers", 0.0, args.warmup_s)
-
-        def measure_round(n: int, into: list[StepResult], label: str) -> None:
+        for n in range(rounds):
             for ctx in (floor, kairos) if n % 2 == 0 else (kairos, floor):
                 result = run_step(ctx, GOAL_RATE, "triggers", args.warmup_s, args.paired_step_s)
                 result.round = n + 1
@@ -327,20 +355,6 @@ def measure_paired(
                 print(f"{label} round {n + 1}: {line(result)}", flush=True)
                 if ctx.lag is not None:
                     _wait_lag_zero(ctx.lag, 30.0)
-
-        for n in range(max(args.paired_rounds, args.polling_rounds)):
-            if n < args.paired_rounds:
-                measure_round(n, run.paired, "paired")
-            if polling is None or n >= args.polling_rounds:
-                continue
-            if not polling.hold():
-                run.polling_skipped = f"{polling.device} could not be opened for writing"
-                polling = None
-                continue
-            try:
-                measure_round(n, run.paired_polling, "polling")
-            finally:
-                polling.release()
 
 
 def measure_kairos(
@@ -995,8 +1009,9 @@ def _polling_table(run: Run, args: argparse.Namespace) -> list[str]:
         "",
         "#### The same with idle CPUs polling",
         "",
-        "Each round above was followed by one with a 0 µs CPU latency request held by the bench "
-        "(`/dev/cpu_dma_latency`, what `KAIROS_CPU_LATENCY_US=0` makes a worker hold): this VM's "
+        "The same stage again after it, with a fresh worker, topics and tables, and a 0 µs CPU "
+        "latency request held by the bench for the whole stage (`/dev/cpu_dma_latency`, what "
+        "`KAIROS_CPU_LATENCY_US=0` makes a worker hold): this VM's "
         "idle vCPUs then poll instead of halting (cpuidle driver "
         f"`{cpuidle_driver()}`), so a woken process starts at once on a warm CPU. The request is "
         "machine-wide: both systems get it.",
@@ -1199,8 +1214,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--polling-rounds",
         type=int,
         default=6,
-        help="side-by-side rounds again with idle CPUs polling (a 0 µs CPU latency request "
-        "held by the bench, machine-wide; 0: skip them)",
+        help="side-by-side rounds again after the default ones, with a fresh worker and idle "
+        "CPUs polling (a 0 µs CPU latency request held by the bench, machine-wide; 0: skip them)",
     )
     parser.add_argument(
         "--paired-step-s", type=float, default=8.0, help="measured seconds per paired step"
