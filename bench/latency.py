@@ -849,7 +849,7 @@ loop's p99 0.44x and 0.61x, Kairos's 0.65x and 0.76x; as a stage of its own afte
 (fresh worker) in the run above: bare loop 1.86 against 3.18 ms (0.59x), Kairos 6.73 against
 8.31 ms (0.81x), side by side 3.6x against 2.6x; (3) the
 whole benchmark with `KAIROS_CPU_LATENCY_US=0 make bench-latency` right after (18:05, tables in
-reports/latency-cpu-latency-0-2026-12-06.md): bare loop p99 at 1,000/s 2.21 ms (p50 0.48), Kairos
+docs/benchmarks/latency-cpu-latency-0-2026-12-06.md): bare loop p99 at 1,000/s 2.21 ms (p50 0.48), Kairos
 15.22 ms (p50 1.34), side by side 3.2x (8.89 against 2.74 ms, 0 of 6 rounds within 2x), 4,000
 mixed events/s (fell behind at 5,000); the broker under the bare loop used 45% of a core against
 77% at 17:44; (4) nice -5 for every worker thread instead (needs privilege; 3+3 runs `--only
