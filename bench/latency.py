@@ -313,7 +313,17 @@ def measure_paired(
     compactions with them), so rounds interleaved with the default ones would make both stages
     longer than the default stage alone.
     """
-    _side_by_side(base, settings, f"{prefix}-pair", run_dir / "paired", args, run, "paired")
+    _side_by_side(
+        base,
+        settings,
+        f"{prefix}-pair",
+        run_dir / "paired",
+        args,
+        run,
+        args.paired_rounds,
+        run.paired,
+        "paired",
+    )
     if not args.polling_rounds:
         return
     polling = CpuLatencyRequest(0)
@@ -321,7 +331,17 @@ def measure_paired(
         run.polling_skipped = f"{polling.device} could not be opened for writing"
         return
     try:
-        _side_by_side(base, settings, f"{prefix}-poll", run_dir / "polling", args, run, "polling")
+        _side_by_side(
+            base,
+            settings,
+            f"{prefix}-poll",
+            run_dir / "polling",
+            args,
+            run,
+            args.polling_rounds,
+            run.paired_polling,
+            "polling",
+        )
     finally:
         polling.release()
 
@@ -333,14 +353,11 @@ def _side_by_side(
     run_dir: Path,
     args: argparse.Namespace,
     run: Run,
+    rounds: int,
+    into: list[StepResult],
     label: str,
 ) -> None:
     """One side-by-side stage: a bare loop and a fresh Kairos worker, rounds in ABBA order."""
-    rounds, into = (
-        (args.paired_rounds, run.paired)
-        if label == "paired"
-        else (args.polling_rounds, run.paired_polling)
-    )
     with (
         floor_running("confluent", settings, prefix, run_dir, args, run) as floor,
         kairos_running(base, run_dir, prefix, args, run, "rdkafka") as (kairos, _),
@@ -996,6 +1013,22 @@ def _paired_table(run: Run, args: argparse.Namespace) -> list[str]:
         "loop's p99 moved 1.5-4.8 ms between runs of the same day; alternating gives both systems "
         "the same minutes of this shared machine.",
         "",
+    ]
+    out += _rounds_table(side)
+    if not math.isnan(side.ratio_clear):
+        out += [
+            "",
+            "Clear of the broker's GC (pooled over the triggers whose path overlapped no broker GC "
+            f"pause or concurrent cycle, an attribution, not the verdict): bare loop p99 "
+            f"{fmt(side.floor_p99_clear, 2)} ms, Kairos p99 {fmt(side.kairos_p99_clear, 2)} ms, "
+            f"{fmt(side.ratio_clear, 1)}x.",
+        ]
+    return out + _polling_table(run, args)
+
+
+def _rounds_table(side: PairedVerdict) -> list[str]:
+    """A side-by-side stage's rounds and its pooled figures, as a markdown table."""
+    out = [
         "| round | bare loop p50 | bare loop p99 | Kairos p50 | Kairos p99 | Kairos p99 / bare p99 |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -1008,15 +1041,7 @@ def _paired_table(run: Run, args: argparse.Namespace) -> list[str]:
         f"| **pooled** | {fmt(side.floor_p50, 2)} | {fmt(side.floor_p99, 2)} | "
         f"{fmt(side.kairos_p50, 2)} | {fmt(side.kairos_p99, 2)} | **{fmt(side.ratio, 1)}x** |"
     )
-    if not math.isnan(side.ratio_clear):
-        out += [
-            "",
-            "Clear of the broker's GC (pooled over the triggers whose path overlapped no broker GC "
-            f"pause or concurrent cycle, an attribution, not the verdict): bare loop p99 "
-            f"{fmt(side.floor_p99_clear, 2)} ms, Kairos p99 {fmt(side.kairos_p99_clear, 2)} ms, "
-            f"{fmt(side.ratio_clear, 1)}x.",
-        ]
-    return out + _polling_table(run, args)
+    return out
 
 
 def _polling_table(run: Run, args: argparse.Namespace) -> list[str]:
@@ -1040,18 +1065,8 @@ def _polling_table(run: Run, args: argparse.Namespace) -> list[str]:
         f"`{cpuidle_driver()}`), so a woken process starts at once on a warm CPU. The request is "
         "machine-wide: both systems get it.",
         "",
-        "| round | bare loop p50 | bare loop p99 | Kairos p50 | Kairos p99 | Kairos p99 / bare p99 |",
-        "|---|---:|---:|---:|---:|---:|",
     ]
-    for (n, f, k), ratio in zip(side.pairs, side.ratios, strict=True):
-        out.append(
-            f"| {n} | {fmt(f.p50_ms, 2)} | {fmt(f.p99_ms, 2)} | {fmt(k.p50_ms, 2)} | "
-            f"{fmt(k.p99_ms, 2)} | {fmt(ratio, 1)}x |"
-        )
-    out.append(
-        f"| **pooled** | {fmt(side.floor_p50, 2)} | {fmt(side.floor_p99, 2)} | "
-        f"{fmt(side.kairos_p50, 2)} | {fmt(side.kairos_p99, 2)} | **{fmt(side.ratio, 1)}x** |"
-    )
+    out += _rounds_table(side)
     if default is not None:
         out += [
             "",
