@@ -38,7 +38,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` as a package, as a script
 
 from confluent_kafka import KafkaException, libversion
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+)
 
 from bench._backlog import BacklogResult, drain, fill
 from bench._broker_gc import gc_log_path
@@ -185,6 +189,25 @@ def broker_load(settings: Settings) -> tuple[int, int]:
         if not name.startswith("__")
     }
     return len(topics), sum(len(meta.partitions) for meta in topics.values())
+
+
+def broker_request_threads(settings: Settings) -> str:
+    """The broker's request threads as the broker reports them ('' if it does not say).
+
+    They set how much of the shared cores the broker spends per request (deploy/kafka/kafka.sh).
+    """
+    admin = AdminClient(settings.confluent_config())
+    try:
+        brokers = admin.list_topics(timeout=10).brokers
+        if not brokers:
+            return ""
+        resource = ConfigResource(ConfigResource.Type.BROKER, str(min(brokers)))
+        entries = admin.describe_configs([resource])[resource].result(10)
+        network = entries["num.network.threads"].value
+        io = entries["num.io.threads"].value
+    except (KafkaException, KeyError):
+        return ""
+    return f"{network} network + {io} I/O request threads"
 
 
 def delete_run_topics(settings: Settings, prefix: str) -> int:
@@ -597,6 +620,7 @@ def render(run: Run, args: argparse.Namespace) -> str:
     out = [SECTION, ""]
     threads = f"{platform.python_implementation()} {platform.python_version()}"
     jvm = broker_jvm(args.broker_pid) if args.broker_pid else ""
+    jvm = ", ".join(part for part in (jvm, args.broker_threads) if part)
     jvm = f", {jvm}" if jvm else ""
     out.append(
         f"Run {run.started:%Y-%m-%d %H:%M} UTC: `{args.command}` (`make bench-latency`). Machine: {cpu_model()}, "
@@ -1306,6 +1330,7 @@ def main(argv: list[str] | None = None) -> int:
         f"broker {settings.kafka_bootstrap} (pid {args.broker_pid or '?'}), run dir {run_dir}, prefix {prefix}"
     )
     other_topics, other_partitions = broker_load(settings)
+    args.broker_threads = broker_request_threads(settings)
     if other_partitions > CROWDED_PARTITIONS:
         # Measured on 2026-12-02: 336 leftover test topics (674 partitions) raised the broker's
         # live heap from ~175 to ~300 MB, G1 then paused every ~1 s instead of every 5-25 s.

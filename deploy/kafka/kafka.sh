@@ -6,6 +6,7 @@
 #   deploy/kafka/kafka.sh status             exit 0 and print the bootstrap address if running
 #   deploy/kafka/kafka.sh bootstrap          print the bootstrap address (KAIROS_KAFKA_BOOTSTRAP wins)
 #   deploy/kafka/kafka.sh fetch              only download the jars
+#   deploy/kafka/kafka.sh config             print the server.properties start writes (ports 9092/9093)
 #
 # Needs Java 17+ and Maven. When KAIROS_KAFKA_BOOTSTRAP is set, that broker is used and nothing is started.
 # Environment:
@@ -13,6 +14,8 @@
 #   KAIROS_KAFKA_RUN_DIR  PID, port, logs and data of the running broker (default <repo>/.run/kafka)
 #   KAIROS_KAFKA_HEAP     JVM heap (default 2g; see below)
 #   KAIROS_KAFKA_GC       the broker's garbage collector: zgc (default; see below) or g1
+#   KAIROS_KAFKA_PROPERTIES  extra server.properties lines, whitespace separated key=value pairs
+#                         (e.g. "num.io.threads=4"); they come last, so they win
 # The broker's GC pauses go to <run dir>/gc.log (one line per pause).
 set -euo pipefail
 
@@ -76,6 +79,19 @@ free_port() {
 
 write_config() {
   local port="$1" cport="$2"
+  # Request threads sized to the machine: Kafka's defaults (3 network, 8 I/O threads) are for a
+  # server. On 2 cores, where this broker shares the CPUs with the clients, each request then
+  # hops between 11 threads that wait for a core. bench/latency.py --only paired, 2026-12-06
+  # 20:43-21:07, a fresh broker per run, configurations alternating: with 1 network + 2 I/O
+  # threads the broker used 62-69% of a core over the run (5 runs) against 73-75% with the
+  # defaults (3 runs); the Kairos/bare-loop p99 ratio was 1.9, 2.0, 3.4 against 5.1, 3.1, 4.6x
+  # in the interleaved pairs, in a slow hour. 1 network + 1 I/O thread: 63-67%, no better.
+  # One network thread per 2 cores and one I/O thread per core, at most Kafka's defaults.
+  local cores network_threads io_threads
+  cores="$(nproc 2>/dev/null || echo 2)"
+  network_threads=$(( cores / 2 )); (( network_threads >= 1 )) || network_threads=1
+  (( network_threads <= 3 )) || network_threads=3
+  io_threads=$(( cores <= 8 ? cores : 8 ))
   cat >"$run_dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
@@ -101,7 +117,16 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 log.retention.hours=24
 log.segment.bytes=67108864
+num.network.threads=$network_threads
+num.io.threads=$io_threads
 EOF
+  local pair
+  for pair in ${KAIROS_KAFKA_PROPERTIES:-}; do
+    case "$pair" in
+      *=*) printf '%s\n' "$pair" >>"$run_dir/server.properties" ;;
+      *) die "KAIROS_KAFKA_PROPERTIES: '$pair' is not key=value" ;;
+    esac
+  done
   cat >"$run_dir/log4j2.yaml" <<EOF
 Configuration:
   Appenders:
@@ -244,5 +269,6 @@ case "$cmd" in
   stop) stop ;;
   status | bootstrap) status ;;
   fetch) java_ok; fetch ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  config) run_dir="$(mktemp -d)"; write_config 9092 9093; cat "$run_dir/server.properties"; rm -rf "$run_dir" ;;
+  *) sed -n '2,17p' "$0"; exit 2 ;;
 esac
