@@ -931,6 +931,36 @@ even every read answered would save about a tenth; both tables of a partition in
 database (one WAL write a turn instead of two) saves 1-3 µs a turn (13-15 against 15-18 µs for the
 two writes, microbenchmark with 1 ms between writes); a 16x larger block cache: a table read took
 6.5 against 6.7 µs (in process, 30,000 triggers each).
+Nor a memtable Bloom filter (`set_memtable_whole_key_filtering` with a prefix Bloom ratio of 0.1,
+21:20, in process, 3 runs each): a table read 10.2-12.1 against 14.7-16.5 µs, but a mixed event
+117-134 against 117-128 µs and a trigger 263-305 against 256-287 µs, as the filter costs every
+write what it saves the reads; a hash index in the data blocks made no difference either.
+
+**The broker's request threads (evening of 2026-12-06).** Kafka's defaults, 3 network and 8 I/O
+threads, are sized for a server; on these 2 shared cores a request handed from thread to thread
+waits for a core at each hand-over. deploy/kafka/kafka.sh now sizes them to the machine (one
+network thread per 2 cores, one I/O thread per core, at most the defaults: 1 + 2 here;
+`KAIROS_KAFKA_PROPERTIES` overrides, `kafka.sh config` prints the result). The tables above
+(19:05) ran with the defaults. Measured on a fresh broker per run, configurations alternating, in
+the day's slowest hour: side by side (`--only paired --paired-rounds 3 --polling-rounds 0`,
+20:43-21:07) the broker used 62-69% of a core over a run (5 runs) against 73-75% (3 runs), and
+the pooled ratio of the interleaved pairs was 1.9, 2.0 and 3.4x against 5.1, 3.1 and 4.6x
+(Kairos p99 10.6, 11.1, 27.5 against 44.3, 20.0, 36.7 ms); one worker (`--only kairos --rates
+1000 --mixed-rates 4000 5000 6000 7000`, 21:09-21:16, 2+2 runs): p99 at 1,000 triggers/s 32 and
+36 against 103 and 187 ms, and 4,000 mixed events/s kept up once (p99 239 ms) and fell behind
+once (752 ms) against falling behind both times (1,866 and 2,064 ms), the broker at 71-74%
+against 84% of a core. 1 network + 1 I/O thread used 63-67%, ratio 2.2 and 4.4x: no better.
+
+**The day's slowest hour (21:21, not the tables of record).** `make bench-latency` with the sized
+threads right after (tables in docs/benchmarks/latency-slow-hour-2026-12-06.md): the bare loop's
+p50 at 1,000 triggers/s 1.85 ms (0.84 at 19:05), p99 13.79 ms; Kairos 82.41 ms, side by side
+19.7x (1,442 against 73 ms: the worker fell behind), 3,000 mixed events/s. `vmstat` during it: 4-7
+runnable threads on the 2 CPUs while they were 25-30% idle, CPU pressure (`some`) 40%: woken
+threads waited for halted vCPUs to be run again. With idle CPUs polling, the stage at its end:
+bare loop p99 4.76 ms (0.06x the default stage's), Kairos 29.81 ms (0.02x), 6.3x. In such an hour
+the halting vCPUs, not the code, set every figure; the polling stage is the closer measure of
+the code, and Kairos's 6.3x there says its main thread, ~700 µs a trigger in that hour (69% of a
+core at 1,000/s), queues.
 """
 
 
