@@ -120,8 +120,9 @@ log.segment.bytes=67108864
 num.network.threads=$network_threads
 num.io.threads=$io_threads
 EOF
-  local pair
-  for pair in ${KAIROS_KAFKA_PROPERTIES:-}; do
+  local pair pairs
+  read -r -a pairs <<<"${KAIROS_KAFKA_PROPERTIES:-}"  # split on whitespace, no glob expansion
+  for pair in "${pairs[@]}"; do
     case "$pair" in
       *=*) printf '%s\n' "$pair" >>"$run_dir/server.properties" ;;
       *) die "KAIROS_KAFKA_PROPERTIES: '$pair' is not key=value" ;;

@@ -11,6 +11,13 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "kafka.sh"
 
 
+def _run_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`kafka.sh config` under `env`."""
+    return subprocess.run(
+        ["bash", str(SCRIPT), "config"], env=env, capture_output=True, text=True, check=False
+    )
+
+
 def _config(extra: str | None = None, cores: int | None = None, tmp: Path | None = None) -> str:
     """The server.properties `kafka.sh start` would write, optionally as if on `cores` CPUs."""
     env = {k: v for k, v in os.environ.items() if k != "KAIROS_KAFKA_PROPERTIES"}
@@ -23,9 +30,7 @@ def _config(extra: str | None = None, cores: int | None = None, tmp: Path | None
         (fake / "nproc").write_text(f"#!/bin/sh\necho {cores}\n")
         (fake / "nproc").chmod(0o755)
         env["PATH"] = f"{fake}:{env['PATH']}"
-    done = subprocess.run(
-        ["bash", str(SCRIPT), "config"], env=env, capture_output=True, text=True, check=False
-    )
+    done = _run_config(env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -57,12 +62,6 @@ def test_extra_properties_come_last_so_they_win() -> None:
 
 
 def test_an_extra_property_without_a_value_is_refused() -> None:
-    done = subprocess.run(
-        ["bash", str(SCRIPT), "config"],
-        env={**os.environ, "KAIROS_KAFKA_PROPERTIES": "num.io.threads"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = _run_config({**os.environ, "KAIROS_KAFKA_PROPERTIES": "num.io.threads"})
     assert done.returncode != 0
     assert "'num.io.threads' is not key=value" in done.stderr
