@@ -75,7 +75,8 @@ class CustomerState(msgspec.Struct, frozen=True, array_like=True):
     first_seen: int = 0
     last_seen: int = 0
     recent_ids: bytes = b""
-    """Ring of blake2b digests (EVENT_DIGEST_BYTES each) of the last RECENT_EVENT_IDS event ids."""
+    """Ring of blake2b digests (EVENT_DIGEST_BYTES each) of the last RECENT_EVENT_IDS event ids
+    and counted outcome ids (outcome_digest: a namespace of its own)."""
     purchase_count: int = 0
     purchase_value: float = 0.0
     last_purchase: int | None = None
@@ -245,6 +246,13 @@ def decode_state(data: bytes | bytearray | memoryview) -> CustomerState:
 def event_digest(event_id: str) -> bytes:
     """The short digest under which an event id is remembered for duplicate detection."""
     return hashlib.blake2b(event_id.encode(), digest_size=EVENT_DIGEST_BYTES).digest()
+
+
+def outcome_digest(outcome_id: str) -> bytes:
+    """The short digest under which a counted outcome id is remembered (never an event's)."""
+    return hashlib.blake2b(
+        outcome_id.encode(), digest_size=EVENT_DIGEST_BYTES, person=b"kairos-outcome"
+    ).digest()
 
 
 def _ring_has(ring: bytes, digest: bytes) -> bool:
@@ -447,6 +455,9 @@ def apply_outcome(
 ) -> CustomerState:
     """Count an open, click or conversion overall, and for its channel when the caller knows it.
 
+    Counted once per outcome id: the id joins the state's ring of recent ids, so an outcome
+    replayed after a crash that kept this state row but lost the pending row's note of the
+    outcome (the Faust runtime writes the two tables one after the other) is not counted again.
     An unsubscribe from a known channel is remembered (`unsubscribed`), so that no campaign
     messages the customer there again (engine.guardrails).
     """
@@ -460,8 +471,12 @@ def apply_outcome(
     slot = _OUTCOME_SLOT.get(outcome.type)
     if slot is None:
         return state
+    digest = outcome_digest(outcome.outcome_id)
+    if _ring_has(state.recent_ids, digest):
+        return state
     engagement = dict(state.engagement)
     _bump(engagement, ALL_CHANNELS, slot)
     if known and channel is not None:
         _bump(engagement, channel, slot)
-    return msgspec.structs.replace(state, engagement=engagement)
+    ring = (state.recent_ids + digest)[-RECENT_EVENT_IDS * EVENT_DIGEST_BYTES :]
+    return msgspec.structs.replace(state, engagement=engagement, recent_ids=ring)

@@ -14,9 +14,10 @@ import pytest
 
 from engine.campaign import builtin_campaign
 from engine.clock import ManualClock
+from engine.state import ALL_CHANNELS, CONVERTED
 from schemas.codec import decode_decision, decode_reward, encode
 from streams.dead_letters import original_bytes
-from streams.processor import Processor, Result
+from streams.processor import Processor, Result, decode_state_row
 from streams.settings import Settings
 from streams.timer_index import KEEP, TimerIndex
 
@@ -196,6 +197,38 @@ def test_a_conversion_with_the_decision_id_is_rewarded_once_and_the_model_learns
         }
     )
     assert rows.save(processor.on_outcome(late, rows, ("o", 0, 2))).outputs == []
+
+
+def test_an_outcome_replayed_after_losing_only_the_pending_write_is_counted_once(
+    processor: Processor, clock: ManualClock
+) -> None:
+    # The Faust runtime writes an outcome's state row, then its pending row; a crash between
+    # the two leaves the outcome counted in the state and absent from the pending row, and the
+    # outcome is replayed. It must join its decision then, and not be counted twice.
+    rows = Rows()
+    result = rows.save(processor.on_event(raw_event(clock, "c5", "cart_abandoned"), rows, src()))
+    decision = decisions_of(result, processor.settings)[0]
+    outcome = orjson.dumps(
+        {
+            "outcome_id": "o-9",
+            "customer_id": "c5",
+            "decision_id": decision.decision_id,
+            "type": "converted",
+            "ts": clock.now().isoformat(),
+            "value": 1.0,
+        }
+    )
+    pending_before = rows.pendings["c5"]
+    first = processor.on_outcome(outcome, rows, ("kairos.outcomes.v1", 0, 0))
+    assert first.state is not None and first.pending is not None
+    rows.states["c5"] = first.state  # the state write reached the table; the pending one did not
+    assert rows.pendings["c5"] == pending_before
+    replayed = rows.save(processor.on_outcome(outcome, rows, ("kairos.outcomes.v1", 0, 0)))
+    rewards = [decode_reward(o.value) for o in replayed.outputs]
+    assert [r.decision.decision_id for r in rewards] == [decision.decision_id]
+    state, _ = decode_state_row(rows.states["c5"])
+    assert state is not None
+    assert state.engagement[ALL_CHANNELS][CONVERTED] == 1
 
 
 def test_the_action_topic_gets_a_lean_decision_and_the_reward_carries_the_features(

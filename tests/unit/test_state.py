@@ -231,6 +231,19 @@ def test_apply_outcome_counts_overall_and_by_channel() -> None:
     assert apply_outcome(state, opened, "none").engagement.get("none") is None
 
 
+def test_an_outcome_id_is_counted_once_and_never_taken_for_an_event_id() -> None:
+    state = apply(None, ev("page_view"))
+    converted = Outcome(outcome_id="x-1", customer_id="c1", type="converted", ts=T0)
+    once = apply_outcome(state, converted, "email")
+    assert apply_outcome(once, converted, "email") is once  # a replay counts nothing
+    assert once.engagement[ALL_CHANNELS] == (0, 0, 0, 1)
+    other = Outcome(outcome_id="x-2", customer_id="c1", type="converted", ts=T0)
+    assert apply_outcome(once, other, "email").engagement[ALL_CHANNELS] == (0, 0, 0, 2)
+    # Outcome ids have a digest namespace of their own: an event with the same id is new.
+    assert not is_duplicate(once, "x-1")
+    assert apply(once, ev("page_view", event_id="x-1")) is not once
+
+
 def typical_state() -> CustomerState:
     """10 purchases, 3 cart items, 5 categories, 5 sent messages, 2 timers; UUID event ids."""
     clock = ManualClock(T0)
