@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from confluent_kafka import Producer
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
@@ -86,3 +87,24 @@ def test_starting_raises_an_old_models_topics_record_limit(settings: Settings) -
     _record_limit(settings, limit=1_048_588)  # the broker default that refused 1.9 MB snapshots
     ensure_topics(settings)
     assert _record_limit(settings) == MAX_RECORD_BYTES
+
+
+def test_the_loader_reads_a_transactionally_written_models_topic_to_its_end_without_waiting(
+    settings: Settings,
+) -> None:
+    ensure_topics(settings)
+    producer = Producer(
+        {**settings.confluent_config(), "transactional.id": f"{settings.app_id}-models-writer"}
+    )
+    producer.init_transactions(30)
+    for version in (b"v1", b"v2"):
+        producer.begin_transaction()
+        producer.produce(settings.topics.models, key=b"cart_abandonment", value=version)
+        producer.commit_transaction(30)  # the topic ends with a commit marker, never delivered
+    timeout_s = 30.0
+    started = time.monotonic()
+    latest = read_latest_snapshots(settings, timeout_s=timeout_s)
+    # The newest committed value, found by reaching the end, not by running out of time (the
+    # loader used to wait for a record at the marker's offset until its time-out).
+    assert latest == {"cart_abandonment": b"v2"}
+    assert time.monotonic() - started < timeout_s
