@@ -31,6 +31,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 #: Upper bound on how long the broker may hold a fetch that finds no new records.
 FETCH_MAX_WAIT_MS = 10
+#: How many records before a changelog's end the search for its last committed record reads first.
+PROBE_FIRST_RECORDS = 64
+#: How long that search may take per partition before recovery falls back to Faust's own wait.
+PROBE_TIMEOUT_S = 10.0
 
 log = logging.getLogger("kairos.transport")
 
@@ -45,22 +49,94 @@ class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
     async def _highwaters(self, partitions: list[Any]) -> Mapping[Any, int]:
-        """The end of each partition, asked of the broker (the last stable offset under
-        exactly-once).
+        """Where Faust's recovery stops reading each changelog partition: asked of the broker, and
+        under exactly-once the offset after the last committed record.
 
-        Faust's recovery reads each changelog up to this. Under exactly-once Faust takes the
-        consumer's cached last stable offset instead, which is only known after a fetch of that
-        partition has returned: None at a start (read as "empty") or an older value. A restart
-        then rebuilt its tables from nothing, or from part of the changelog, and decided on a
-        customer state missing committed events (seen: the exactly-once crash test failing 1 run
-        in 6, a worker ready in 2 s with no customers after its predecessor had committed 944
-        changelog records). A ListOffsets request at the read_committed isolation level returns
-        the last stable offset as the broker knows it now. Recovery runs after the transactional
-        producers have started, which aborts (fences) the dead worker's open transactions, so
-        that offset no longer waits on them.
+        Faust reads a changelog until it has applied the record just before this offset. Under
+        exactly-once it took the consumer's cached last stable offset, which is only known after
+        a fetch of that partition has returned: None at a start (read as "empty") or an older
+        value. A restart then rebuilt its tables from nothing, or from part of the changelog,
+        and decided on a customer state missing committed events (the exactly-once crash test
+        failed 2 of 13 runs: a worker ready in 2 s with no customers after its predecessor had
+        committed 944 changelog records). A ListOffsets request at the read_committed isolation
+        level returns the last stable offset as the broker knows it now; recovery runs after the
+        transactional producers have started, which fences the dead worker's open transactions,
+        so that offset no longer waits on them.
+
+        The record just before the last stable offset is a transaction marker, which no
+        consumer receives, so Faust waited for it until two 5 s time-outs had passed (every
+        exactly-once restart ready after 12 s instead of 2). So the end given here is the offset
+        after the last record a read_committed consumer receives (see _after_last_record).
         """
         consumer = self._ensure_consumer()
-        return cast(Mapping[Any, int], await consumer.end_offsets(partitions))
+        ends = dict(await consumer.end_offsets(partitions))
+        if not self.consumer.in_transaction:
+            return ends
+        starts = await consumer.beginning_offsets(partitions)
+        probe = self._new_probe_consumer()
+        await probe.start()
+        # One turn of the loop, so that the task its no-group coordinator starts gets to run:
+        # stop() cancels and awaits it, and a task cancelled before its first step re-raises the
+        # cancellation there, leaving the client open (seen when the reads below did not yield).
+        await asyncio.sleep(0)
+        try:
+            for tp, end in ends.items():
+                if end is not None and end > starts[tp]:
+                    ends[tp] = await _after_last_record(probe, tp, starts[tp], end)
+        finally:
+            await probe.stop()
+        return ends
+
+    def _new_probe_consumer(self) -> aiokafka.AIOKafkaConsumer:
+        """A consumer of no group that reads what is committed, to find a changelog's last record."""
+        conf = self.app.conf
+        transport = cast(faust_aiokafka.Transport, self.transport)
+        return aiokafka.AIOKafkaConsumer(
+            bootstrap_servers=faust_aiokafka.server_list(transport.url, transport.default_port),
+            client_id=f"{conf.broker_client_id}-recovery-end",
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            request_timeout_ms=int(conf.broker_request_timeout * 1000.0),
+            **faust_aiokafka.credentials_to_aiokafka_auth(
+                conf.broker_credentials, conf.ssl_context
+            ),
+        )
+
+
+async def _after_last_record(
+    probe: aiokafka.AIOKafkaConsumer, tp: Any, start: int, end: int
+) -> int:
+    """The offset after the last record below `end` that a read_committed consumer receives.
+
+    Reads back from `end` (the last stable offset) in widening steps until a step holds a
+    committed record; `start` if none is left (everything was aborted or compacted away). If the
+    read does not reach `end` in time, `end` itself: Faust then waits as it always did.
+    """
+    probe.assign([tp])
+    span = PROBE_FIRST_RECORDS
+    deadline = asyncio.get_running_loop().time() + PROBE_TIMEOUT_S
+    while True:
+        first = max(start, end - span)
+        probe.seek(tp, first)
+        last: int | None = None
+        while await probe.position(tp) < end:
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning(
+                    "changelog end not found in time; recovery waits for its marker",
+                    extra={"tp": f"{tp.topic}[{tp.partition}]", "end": end},
+                )
+                return end
+            batch = await probe.getmany(tp, timeout_ms=100)
+            for record in batch.get(tp, ()):
+                if record.offset < end:
+                    last = record.offset if last is None else max(last, record.offset)
+        if last is not None:
+            return last + 1
+        if first == start:
+            return start
+        span *= 8
 
 
 class LowLatencyConsumer(faust_aiokafka.Consumer):
