@@ -182,7 +182,10 @@ def main() -> None:
         "rows held the effects of aborted transactions and the replayed events were skipped, "
         "their decisions never visible (streams/app.py, KairosApp.discard_local_tables; "
         "streams/rdkafka_worker.py, TableStore). The restart therefore grows with the tables' "
-        "compacted size; the rdkafka runtime reads the changelog with librdkafka in batches.",
+        "compacted size; the rdkafka runtime reads the changelog with librdkafka in batches. "
+        "The Faust runtime's recovery used to wait a further ~10 s at the end of each changelog "
+        "for a transaction marker no consumer receives (18.96 s in the 2026-12-01 run); it now "
+        "ends at the last committed record (streams/transport.py).",
     ]
     text = "\n".join(lines)
     print(text)
