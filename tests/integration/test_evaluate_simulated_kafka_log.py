@@ -64,6 +64,9 @@ def test_evaluate_the_rewards_log_of_a_kafka_simulation(settings: Settings, tmp_
     assert {r.decision.campaign for r in records} == {"simulated_nudge"}
     assert any(r.reward != 0.0 for r in records)
 
+    # The rewards evaluate scores: the newer half by decision time, less the holdout.
+    ordered = sorted(records, key=lambda r: (r.decision.decided_ts, r.decision.decision_id))
+    evaluated = [r.reward for r in ordered[len(ordered) // 2 :] if not r.decision.holdout]
     for extra in ([], ["--exploration", "kind=epsilon_greedy,epsilon=0.3"]):
         result = runner.invoke(app, ["evaluate", "-i", str(log), *extra], env=env)
         assert result.exit_code == 0, result.output
@@ -79,5 +82,10 @@ def test_evaluate_the_rewards_log_of_a_kafka_simulation(settings: Settings, tmp_
             assert low <= value <= high, (label, text)
             widths.append(high - low)
         # On a run this small one estimator's bootstrap can be degenerate (seen once: SNIPS
-        # [1.0, 1.0], every matching record rewarded alike); the intervals as a whole are not.
-        assert max(widths) > 0, text
+        # [1.0, 1.0], every matching record rewarded alike); the intervals as a whole are not,
+        # unless every evaluated record was rewarded alike (seen once in CI: 14 records, all 0),
+        # when the logged policy's mean is exact.
+        if len(set(evaluated)) > 1:
+            assert max(widths) > 0, text
+        else:
+            assert widths[-1] == 0, text
