@@ -265,6 +265,11 @@ def _ring_has(ring: bytes, digest: bytes) -> bool:
     return False
 
 
+def _ring_push(ring: bytes, digest: bytes) -> bytes:
+    """The ring with digest appended, the oldest dropped past RECENT_EVENT_IDS."""
+    return (ring + digest)[-RECENT_EVENT_IDS * EVENT_DIGEST_BYTES :]
+
+
 def is_duplicate(state: CustomerState | None, event_id: str) -> bool:
     """Tell whether this event id is among the last RECENT_EVENT_IDS applied to the state."""
     return state is not None and _ring_has(state.recent_ids, event_digest(event_id))
@@ -366,9 +371,8 @@ def apply(state: CustomerState | None, event: Event) -> CustomerState:
         state = CustomerState(customer_id=event.customer_id, first_seen=ts, last_seen=ts)
     elif _ring_has(state.recent_ids, digest):
         return state
-    ring = (state.recent_ids + digest)[-RECENT_EVENT_IDS * EVENT_DIGEST_BYTES :]
     changes: dict[str, object] = {
-        "recent_ids": ring,
+        "recent_ids": _ring_push(state.recent_ids, digest),
         "first_seen": min(state.first_seen, ts),
         "last_seen": max(state.last_seen, ts),
     }
@@ -478,5 +482,6 @@ def apply_outcome(
     _bump(engagement, ALL_CHANNELS, slot)
     if known and channel is not None:
         _bump(engagement, channel, slot)
-    ring = (state.recent_ids + digest)[-RECENT_EVENT_IDS * EVENT_DIGEST_BYTES :]
-    return msgspec.structs.replace(state, engagement=engagement, recent_ids=ring)
+    return msgspec.structs.replace(
+        state, engagement=engagement, recent_ids=_ring_push(state.recent_ids, digest)
+    )

@@ -73,6 +73,9 @@ class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if not self.consumer.in_transaction:
             return ends
         starts = await consumer.beginning_offsets(partitions)
+        to_probe = [tp for tp, end in ends.items() if end is not None and end > starts[tp]]
+        if not to_probe:
+            return ends  # every changelog empty (a first start): no probe consumer to connect
         probe = self._new_probe_consumer()
         await probe.start()
         # One turn of the loop, so that the task its no-group coordinator starts gets to run:
@@ -80,9 +83,8 @@ class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # cancellation there, leaving the client open (seen when the reads below did not yield).
         await asyncio.sleep(0)
         try:
-            for tp, end in ends.items():
-                if end is not None and end > starts[tp]:
-                    ends[tp] = await _after_last_record(probe, tp, starts[tp], end)
+            for tp in to_probe:
+                ends[tp] = await _after_last_record(probe, tp, starts[tp], ends[tp])
         finally:
             await probe.stop()
         return ends

@@ -73,6 +73,22 @@ def raw_event(clock: ManualClock, cid: str, kind: str, **fields: Any) -> bytes:
     )
 
 
+def raw_outcome(
+    clock: ManualClock, outcome_id: str, cid: str, decision_id: str | None, kind: str, **fields: Any
+) -> bytes:
+    """An outcome record as a sender would publish it, timed now unless `ts` is given."""
+    return orjson.dumps(
+        {
+            "outcome_id": outcome_id,
+            "customer_id": cid,
+            "decision_id": decision_id,
+            "type": kind,
+            "ts": fields.pop("ts", clock.now().isoformat()),
+            **fields,
+        }
+    )
+
+
 _offsets = itertools.count()
 
 
@@ -166,15 +182,14 @@ def test_a_conversion_with_the_decision_id_is_rewarded_once_and_the_model_learns
     result = rows.save(processor.on_event(raw_event(clock, "c3", "cart_abandoned"), rows, src()))
     decision = decisions_of(result, processor.settings)[0]
     version_before = processor.runtimes["cart_abandonment"].bandit.version
-    outcome = orjson.dumps(
-        {
-            "outcome_id": "o-1",
-            "customer_id": "c3",
-            "decision_id": decision.decision_id,
-            "type": "converted",
-            "ts": (clock.now() + timedelta(minutes=5)).isoformat(),
-            "value": 1.0,
-        }
+    outcome = raw_outcome(
+        clock,
+        "o-1",
+        "c3",
+        decision.decision_id,
+        "converted",
+        ts=(clock.now() + timedelta(minutes=5)).isoformat(),
+        value=1.0,
     )
     clock.advance(300)
     joined = rows.save(processor.on_outcome(outcome, rows, ("kairos.outcomes.v1", 0, 0)))
@@ -187,15 +202,7 @@ def test_a_conversion_with_the_decision_id_is_rewarded_once_and_the_model_learns
     assert processor.runtimes["cart_abandonment"].bandit.version == version_before + 1
     # The same outcome again is a duplicate; a later one for the closed decision is late.
     assert rows.save(processor.on_outcome(outcome, rows, ("o", 0, 1))).outputs == []
-    late = orjson.dumps(
-        {
-            "outcome_id": "o-2",
-            "customer_id": "c3",
-            "decision_id": decision.decision_id,
-            "type": "clicked",
-            "ts": clock.now().isoformat(),
-        }
-    )
+    late = raw_outcome(clock, "o-2", "c3", decision.decision_id, "clicked")
     assert rows.save(processor.on_outcome(late, rows, ("o", 0, 2))).outputs == []
 
 
@@ -208,16 +215,7 @@ def test_an_outcome_replayed_after_losing_only_the_pending_write_is_counted_once
     rows = Rows()
     result = rows.save(processor.on_event(raw_event(clock, "c5", "cart_abandoned"), rows, src()))
     decision = decisions_of(result, processor.settings)[0]
-    outcome = orjson.dumps(
-        {
-            "outcome_id": "o-9",
-            "customer_id": "c5",
-            "decision_id": decision.decision_id,
-            "type": "converted",
-            "ts": clock.now().isoformat(),
-            "value": 1.0,
-        }
-    )
+    outcome = raw_outcome(clock, "o-9", "c5", decision.decision_id, "converted", value=1.0)
     pending_before = rows.pendings["c5"]
     first = processor.on_outcome(outcome, rows, ("kairos.outcomes.v1", 0, 0))
     assert first.state is not None and first.pending is not None
@@ -308,15 +306,7 @@ def test_an_outcome_for_an_unknown_decision_is_dead_lettered(
     processor: Processor, clock: ManualClock
 ) -> None:
     rows = Rows()
-    outcome = orjson.dumps(
-        {
-            "outcome_id": "o-9",
-            "customer_id": "c9",
-            "decision_id": "no-such-decision",
-            "type": "clicked",
-            "ts": clock.now().isoformat(),
-        }
-    )
+    outcome = raw_outcome(clock, "o-9", "c9", "no-such-decision", "clicked")
     result = processor.on_outcome(outcome, rows, ("kairos.outcomes.v1", 0, 7))
     assert orjson.loads(result.outputs[0].value)["reason"] == "unknown_decision"
 
@@ -488,15 +478,8 @@ def test_a_holdout_reward_teaches_an_uplift_baseline_and_nothing_to_a_reward_cam
         )
         assert decision.holdout
         before = runtime.bandit.version
-        outcome = {
-            "outcome_id": f"o-{cid}",
-            "customer_id": cid,
-            "decision_id": decision.decision_id,
-            "type": "converted",
-            "ts": clock.now().isoformat(),
-            "value": 1.0,
-        }
-        rows.save(processor.on_outcome(orjson.dumps(outcome), rows, ("kairos.outcomes.v1", 0, 0)))
+        outcome = raw_outcome(clock, f"o-{cid}", cid, decision.decision_id, "converted", value=1.0)
+        rows.save(processor.on_outcome(outcome, rows, ("kairos.outcomes.v1", 0, 0)))
         assert runtime.bandit.version == before + (1 if learns else 0), campaign
 
 
@@ -544,14 +527,6 @@ def test_due_times_survive_records_that_change_nothing_and_events_without_a_trig
     # A producer's resend of an event (caught by its id) and an outcome nobody can attribute
     # change nothing: the customer's due times must stay, not be cancelled.
     run(processor.on_event(raw_event(clock, "c9", "cart_abandoned", event_id="e-9"), rows, src()))
-    stray = orjson.dumps(
-        {
-            "outcome_id": "o-stray",
-            "customer_id": "c9",
-            "type": "opened",
-            "ts": clock.now().isoformat(),
-            "decision_id": None,
-        }
-    )
+    stray = raw_outcome(clock, "o-stray", "c9", None, "opened")
     run(processor.on_outcome(stray, CountingRows(), ("o", 0, 1)))
     assert (index.timer_at.get("c9"), index.deadline_at.get("c9")) == before
