@@ -11,18 +11,20 @@ BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
 import os
+import queue
 import random
-import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -38,6 +40,10 @@ from streams.worker_process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 WINDOW_S = 20
+#: Event ids of explicit cart_abandoned events start with this, so the reader tells a decision on
+#: an explicit trigger (its trigger_event_id is that event) from one on the inactivity timer.
+EXPLICIT_PREFIX = "abandon-"
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 @dataclass
@@ -49,6 +55,11 @@ class Sample:
     decisions: int
     p50_ms: float
     p99_ms: float
+    #: p99 of decisions on explicit cart_abandoned events, and on the inactivity timer (their
+    #: trigger time is the timer's due time), with how many of the latter.
+    p99_explicit_ms: float
+    p99_timer_ms: float
+    timer_decisions: int
     open_decisions: float
     timers: float
     customer_rows: float
@@ -106,18 +117,24 @@ def metric(url: str, name: str) -> float:
 
 
 def produce_mixed(
-    settings: Settings, rate: float, seconds: float, customers: int, stop: threading.Event
-) -> int:
-    """Paced mixed stream, about one trigger in five events; returns how many were sent.
+    config: dict[str, object],
+    topic: str,
+    rate: float,
+    seconds: float,
+    customers: int,
+    results: Any,
+) -> None:
+    """Paced mixed stream, about one trigger in five events (a process of its own).
 
     Customers churn: `customers` are active at any time, and new ones replace the oldest at
     rate/10 per second, so each customer is active for about 10 x customers / rate seconds.
+    Puts the number of events sent on `results` at the end.
     """
-    producer = Producer(producer_config(settings, **{"linger.ms": 0}))  # latency counts from send
+    producer = Producer({**config, "linger.ms": 0})  # latency counts from the send
     rng = random.Random(11)
     start = time.perf_counter()
     sent = 0
-    while not stop.is_set() and time.perf_counter() - start < seconds:
+    while time.perf_counter() - start < seconds:
         due = start + sent / rate
         delay = due - time.perf_counter()
         if delay > 0:
@@ -128,8 +145,9 @@ def produce_mixed(
         kind = rng.choices(
             ["product_view", "cart_add", "purchase", "cart_abandoned"], weights=[50, 25, 5, 20]
         )[0]
+        prefix = EXPLICIT_PREFIX if kind == "cart_abandoned" else ""
         event = {
-            "event_id": uuid.uuid4().hex,
+            "event_id": prefix + uuid.uuid4().hex,
             "customer_id": cid,
             "type": kind,
             "ts": datetime.now(UTC).isoformat(),
@@ -138,11 +156,56 @@ def produce_mixed(
             "price": round(rng.uniform(10, 200), 2),
             "order_value": round(rng.uniform(10, 200), 2),
         }
-        producer.produce(settings.topics.events, key=cid.encode(), value=orjson.dumps(event))
+        producer.produce(topic, key=cid.encode(), value=orjson.dumps(event))
         producer.poll(0)
         sent += 1
     producer.flush(30)
-    return sent
+    results.put(sent)
+
+
+#: One decision as read: receive time (s), latency from its trigger (ms), explicit trigger?
+Reading = tuple[float, float, bool]
+
+
+def read_decisions(
+    config: dict[str, object], topic: str, stop: Any, assigned: Any, out: Any
+) -> None:
+    """Read the action topic in a process that does nothing else; put batches of Readings on `out`.
+
+    The receive time is taken as soon as poll returns, before any parsing; the parent scrapes the
+    worker's metrics, which would delay a reader in its own process and count as latency.
+    """
+    consumer = Consumer(config)
+    consumer.subscribe([topic], on_assign=lambda _consumer, _partitions: assigned.set())
+    batch: list[Reading] = []
+    next_put = time.monotonic() + 0.5
+    try:
+        while not stop.is_set():
+            first = consumer.poll(0.1)
+            if first is not None:
+                received = time.time()
+                for message in [first, *consumer.consume(num_messages=1000, timeout=0)]:
+                    if message.error():
+                        continue
+                    record = orjson.loads(message.value() or b"{}")
+                    trigger_s = datetime.fromisoformat(record["trigger_ts"]).timestamp()
+                    explicit = str(record.get("trigger_event_id", "")).startswith(EXPLICIT_PREFIX)
+                    batch.append((received, (received - trigger_s) * 1000, explicit))
+            if batch and time.monotonic() >= next_put:
+                out.put(batch)
+                batch = []
+                next_put = time.monotonic() + 0.5
+    finally:
+        out.put(batch)
+        consumer.close()
+
+
+def _p(values: list[float], q: float) -> float:
+    """The q-quantile of values (nan for none)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def run(
@@ -164,64 +227,101 @@ def run(
         }
     )
     ensure_topics(settings)
-    consumer = Consumer(consumer_config(settings, f"{settings.app_id}-soak"))
-    consumer.subscribe([settings.topics.decisions])
     worker = WorkerProcess(settings, run_dir / "worker.log").start()
     worker.wait_ready(60)
     assert worker.process is not None
     pid = worker.process.pid
     start_rss = rss_mib(pid)
-    stop = threading.Event()
-    result: dict[str, int] = {}
-    sender = threading.Thread(
-        target=lambda: result.update(
-            sent=produce_mixed(settings, rate, minutes * 60, customers, stop)
-        )
+    stop = _SPAWN.Event()
+    assigned = _SPAWN.Event()
+    readings: Any = _SPAWN.Queue()
+    reader = _SPAWN.Process(
+        target=read_decisions,
+        args=(
+            consumer_config(settings, f"{settings.app_id}-soak"),
+            settings.topics.decisions,
+            stop,
+            assigned,
+            readings,
+        ),
+        daemon=True,
+    )
+    reader.start()
+    if not assigned.wait(60):
+        raise RuntimeError("the decision reader got no partitions within 60 s")
+    sent_count: Any = _SPAWN.Queue()
+    sender = _SPAWN.Process(
+        target=produce_mixed,
+        args=(
+            producer_config(settings),
+            settings.topics.events,
+            rate,
+            minutes * 60,
+            customers,
+            sent_count,
+        ),
+        daemon=True,
     )
     started = time.monotonic()
+    wall_start = time.time()
     sender.start()
     samples: list[Sample] = []
-    window: list[float] = []
+    window: list[Reading] = []
+    later: list[Reading] = []
     decisions = 0
     next_sample = started + 10
     try:
         while sender.is_alive() or time.monotonic() < next_sample:
-            message = consumer.poll(0.1)
-            if message is not None and not message.error():
-                record = orjson.loads(message.value() or b"{}")
-                window.append(
-                    (time.time() - datetime.fromisoformat(record["trigger_ts"]).timestamp()) * 1000
+            with contextlib.suppress(queue.Empty):
+                later.extend(readings.get(timeout=0.2))
+            if time.monotonic() < next_sample:
+                continue
+            # Readings belong to the window they were received in (the reader sends every 0.5 s).
+            boundary = wall_start + (next_sample - started)
+            window.extend(r for r in later if r[0] < boundary)
+            later = [r for r in later if r[0] >= boundary]
+            latencies = [r[1] for r in window]
+            timer = [r[1] for r in window if not r[2]]
+            decisions += len(window)
+            samples.append(
+                Sample(
+                    elapsed_s=time.monotonic() - started,
+                    rss_mib=rss_mib(pid),
+                    decisions=decisions,
+                    p50_ms=_p(latencies, 0.5),
+                    p99_ms=_p(latencies, 0.99),
+                    p99_explicit_ms=_p([r[1] for r in window if r[2]], 0.99),
+                    p99_timer_ms=_p(timer, 0.99),
+                    timer_decisions=len(timer),
+                    open_decisions=metric(worker.url, "kairos_decisions_total")
+                    - metric(worker.url, "kairos_rewards_total"),
+                    timers=metric(worker.url, "kairos_pending_timers"),
+                    customer_rows=metric(worker.url, 'kairos_table_rows{table="customers"}'),
+                    expired=metric(worker.url, "kairos_expired_customers_total"),
+                    stalls=metric(worker.url, "kairos_event_loop_lag_seconds_count")
+                    - metric(worker.url, 'kairos_event_loop_lag_seconds_bucket{le="0.02"}'),
                 )
-                decisions += 1
-            if time.monotonic() >= next_sample:
-                window.sort()
-                samples.append(
-                    Sample(
-                        elapsed_s=time.monotonic() - started,
-                        rss_mib=rss_mib(pid),
-                        decisions=decisions,
-                        p50_ms=statistics.median(window) if window else float("nan"),
-                        p99_ms=window[int(len(window) * 0.99)] if window else float("nan"),
-                        open_decisions=metric(worker.url, "kairos_decisions_total")
-                        - metric(worker.url, "kairos_rewards_total"),
-                        timers=metric(worker.url, "kairos_pending_timers"),
-                        customer_rows=metric(worker.url, 'kairos_table_rows{table="customers"}'),
-                        expired=metric(worker.url, "kairos_expired_customers_total"),
-                        stalls=metric(worker.url, "kairos_event_loop_lag_seconds_count")
-                        - metric(worker.url, 'kairos_event_loop_lag_seconds_bucket{le="0.02"}'),
-                    )
-                )
-                print(samples[-1], flush=True)
-                window = []
-                next_sample += 10
-                if not sender.is_alive():
-                    break
+            )
+            print(samples[-1], flush=True)
+            window = []
+            next_sample += 10
+            if not sender.is_alive():
+                break
     finally:
+        sender.join(60)
         stop.set()
-        sender.join()
-        consumer.close()
+        try:  # the reader's last batch: a process exits only once its queue is flushed
+            while True:
+                readings.get(timeout=5)
+        except queue.Empty:
+            pass
+        reader.join(30)
         worker.stop()
-    return samples, result.get("sent", 0), start_rss
+    try:
+        sent = int(sent_count.get(timeout=5))
+    except queue.Empty:
+        sent = 0
+    return samples, sent, start_rss
 
 
 def main() -> None:
@@ -245,21 +345,27 @@ def main() -> None:
         f"with nothing open are removed); cart campaign with a {WINDOW_S} s attribution window, "
         "every message sent now and no quiet hours, so windows close during the run (the shipped "
         "campaign may send in the evening, and the window counts from the send). Latency: decision read time minus trigger time, per 10 s "
-        "window. Open decisions: decisions sent minus rewards joined (the pending table). "
+        "window, by the time the decision was read (the reader is a process of its own); "
+        "for the decisions on the inactivity timer (a cart left 30 s) the trigger time is the "
+        "timer's due time, so their latency is how late the timer fired plus the decision's way "
+        "out. Open decisions: decisions sent minus rewards joined (the pending table). "
         "Customer rows: the customers table (`kairos_table_rows`); expired: customers removed "
         "by retention so far. Loop stalls: times the worker's event loop woke more than 20 ms "
         "late (`kairos_event_loop_lag_seconds`), since the start.",
         "",
-        f"Worker RSS at start: {start_rss:.0f} MiB.",
+        f"Worker runtime: {Settings().runtime} (`KAIROS_RUNTIME`). Worker RSS at start: "
+        f"{start_rss:.0f} MiB.",
         "",
-        "| t (s) | RSS MiB | decisions | p50 ms | p99 ms | open decisions | customers with timers "
-        "| customer rows | expired | loop stalls |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| t (s) | RSS MiB | decisions | p50 ms | p99 ms | p99 explicit ms | p99 timer ms "
+        "| timer decisions | open decisions | customers with timers | customer rows | expired "
+        "| loop stalls |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in samples:
         lines.append(
             f"| {s.elapsed_s:.0f} | {s.rss_mib:.0f} | {s.decisions:,} | {s.p50_ms:.1f} | "
-            f"{s.p99_ms:.1f} | {s.open_decisions:.0f} | {s.timers:.0f} | "
+            f"{s.p99_ms:.1f} | {s.p99_explicit_ms:.1f} | {s.p99_timer_ms:.1f} | "
+            f"{s.timer_decisions:,} | {s.open_decisions:.0f} | {s.timers:.0f} | "
             f"{s.customer_rows:,.0f} | {s.expired:,.0f} | {s.stalls:,.0f} |"
         )
     text = "\n".join(lines)
