@@ -94,8 +94,14 @@ class CustomerState(msgspec.Struct, frozen=True, array_like=True):
     loyalty_tier: str | None = None
     """Tier given explicitly by events; None means derive it (see loyalty_tier())."""
     timezone: str | None = None
-    timers: dict[str, tuple[int, str]] = {}
-    """Timer kind -> (due epoch seconds, id of the event that armed it)."""
+    timers: dict[str, tuple[float, str]] = {}
+    """Timer kind -> (due epoch seconds, id of the event that armed it).
+
+    The one time in the state kept to the fraction of a second: a timer is due exactly its delay
+    after the event that armed it. In whole seconds every timer armed within the same second fell
+    due at once, a burst of decisions at each second's start, up to a second early. Rows written
+    with whole seconds read back unchanged (an int is a valid float).
+    """
     activity: tuple[int, int] = (0, 0)
     """Events before / from EVENING_HOUR in the customer's local time (halved past ACTIVITY_CAP)."""
     unsubscribed: list[str] = []
@@ -125,7 +131,7 @@ class _Wire(msgspec.Struct, array_like=True):
     last_action: dict[str, int] = {}
     loyalty_tier: str | None = None
     timezone: str | None = None
-    timers: dict[str, tuple[int, str, bytes]] = {}
+    timers: dict[str, tuple[float, str, bytes]] = {}
     activity: tuple[int, int] = (0, 0)
     unsubscribed: list[str] = []
 
@@ -138,7 +144,7 @@ _TIMERS_AT: Final[int] = _FIELDS.index("timers")
 assert _Wire.__struct_fields__ == _FIELDS, "_Wire must mirror CustomerState field by field"
 
 
-def _pack_timer(due: int, event_id: str) -> tuple[int, str, bytes]:
+def _pack_timer(due: float, event_id: str) -> tuple[float, str, bytes]:
     """(due, "", 16 raw bytes) for a canonical lowercase UUID id (37 -> 19 bytes), else (due, id, b"")."""
     if len(event_id) == 36 and event_id[8] == "-":
         try:
@@ -150,7 +156,7 @@ def _pack_timer(due: int, event_id: str) -> tuple[int, str, bytes]:
     return (due, event_id, b"")
 
 
-def _unpack_timer(due: int, event_id: str, packed: bytes) -> tuple[int, str]:
+def _unpack_timer(due: float, event_id: str, packed: bytes) -> tuple[float, str]:
     """Inverse of _pack_timer."""
     return (due, str(uuid.UUID(bytes=packed)) if packed else event_id)
 

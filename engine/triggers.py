@@ -1,20 +1,19 @@
 """Triggers: explicit events and timers derived from state (cart abandonment, lapse, first purchase).
 
 Timers live in `CustomerState.timers` (kind -> (due epoch seconds, arming event id)) so they survive
-restarts; the stream layer only has to call `due()` for a customer at or after the earliest due time.
+restarts; a timer is due exactly its delay after the event that armed it (fractions of a second kept); the stream layer only has to call `due()` for a customer at or after the earliest due time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
 import msgspec
 
-from engine.state import CustomerState, epoch_seconds
+from engine.state import CustomerState
 from schemas.records import Event, Trigger
 
 CART_ABANDONED: Final[str] = "cart_abandoned"
@@ -55,7 +54,7 @@ def _make(customer_id: str, kind: str, ts: datetime, event_id: str, explicit: bo
     )
 
 
-def _arm(timers: dict[str, tuple[int, str]], kind: str, due_at: int, event_id: str) -> None:
+def _arm(timers: dict[str, tuple[float, str]], kind: str, due_at: float, event_id: str) -> None:
     """Arm or push a timer in place; an out-of-order older event never pulls it earlier."""
     current = timers.get(kind)
     if current is None or due_at >= current[0]:
@@ -67,18 +66,18 @@ def arm_timers(state: CustomerState, event: Event, config: TriggerConfig) -> Cus
     kind = event.type
     if kind not in _CART_ACTIVITY and kind not in _CART_END:
         return state
-    ts = epoch_seconds(event.ts)
+    ts = event.ts.timestamp()
     timers = dict(state.timers)
     if kind in _CART_ACTIVITY:
         if state.cart:
-            due_at = ts + math.ceil(config.cart_abandon_after_s)
+            due_at = ts + config.cart_abandon_after_s
             _arm(timers, CART_ABANDONED, due_at, event.event_id)
         else:
             timers.pop(CART_ABANDONED, None)
     else:
         timers.pop(CART_ABANDONED, None)
     if kind == PURCHASE:
-        _arm(timers, LAPSE, ts + math.ceil(config.lapse_after_days * 86400.0), event.event_id)
+        _arm(timers, LAPSE, ts + config.lapse_after_days * 86400.0, event.event_id)
     if timers == state.timers:
         return state
     return msgspec.structs.replace(state, timers=timers)
@@ -108,7 +107,7 @@ def detect(
     return triggers, arm_timers(state, event, config)
 
 
-def next_due(state: CustomerState) -> int | None:
+def next_due(state: CustomerState) -> float | None:
     """The earliest timer due time (epoch seconds), for scheduling the next `due()` call."""
     return min((due_at for due_at, _ in state.timers.values()), default=None)
 

@@ -34,6 +34,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import shutil
 import signal
 import socket
@@ -718,15 +719,29 @@ class RdkafkaWorker:
     # ---- timers and retention -----------------------------------------------------------------
 
     def _next_timer_in(self) -> float | None:
+        """Seconds until the soonest due time, rounded up to the poll's whole milliseconds.
+
+        confluent-kafka truncates a poll time-out to milliseconds: unrounded, a wait ending just
+        before the due time would be followed by polls of 0 ms, a spin until it came.
+        """
         heap = self.timers.heap
         if not heap or not self.ready:
             return None
-        return max(0.0, heap[0][0] - self.clock.now().timestamp())
+        left_ms = math.ceil((heap[0][0] - self.clock.now().timestamp()) * 1000.0)
+        return max(0.0, (left_ms + 0.5) / 1000.0)
 
     def _fire_timers(self) -> None:
+        """Tick every customer now due; decisions leave every `write_batch_ms`, not after all.
+
+        Timers due together (a restart's overdue ones, or many deadlines at once) are a batch
+        like a poll's records: flushing as they go keeps the first decision from waiting for
+        the last.
+        """
         if not self.ready or not self.timers.heap:
             return
         for customer_id in self.timers.pop_due(self.clock.now().timestamp()):
+            if self._staged and time.perf_counter() - self._staged_since >= self._flush_after_s:
+                self._flush()
             self._tick(customer_id)
 
     def _tick(self, customer_id: str) -> None:

@@ -156,7 +156,7 @@ class _World:
         self.customers = make_population(config.customers, config.seed)
         self.lives = [Life(random.Random(c.seed)) for c in self.customers]
         self.states: list[CustomerState | None] = [None] * len(self.customers)
-        self.timer_at: list[int | None] = [None] * len(self.customers)
+        self.timer_at: list[float | None] = [None] * len(self.customers)
         self.heap: list[tuple[float, int, int, int, Any]] = []
         self.seq = 0
         self.live_from = config.start + timedelta(days=config.warmup_days)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +281,71 @@ def test_with_no_write_batch_each_record_is_written_and_sent_at_once(tmp_path: P
     worker._handle(_event(worker, p, 0, "cart_add", product_id="sku", quantity=1, price=40.0))
     assert tables.customers.db.get(b"c1") is not None
     assert len(producer.sent) == 1  # the customers row's changelog record
+    for store in tables.stores():
+        store.close(changelog_offset=None)
+    assert tables.unacked is not None
+    tables.unacked.close()
+
+
+def _customers_on(p: int, partitions: int, count: int) -> list[str]:
+    """Customer ids whose key falls on partition p."""
+    found = []
+    n = 0
+    while len(found) < count:
+        cid = f"c{n}"
+        if partition_of(cid.encode(), partitions) == p:
+            found.append(cid)
+        n += 1
+    return found
+
+
+def test_timers_fire_at_their_exact_due_time_and_their_decisions_leave_as_they_go(
+    tmp_path: Path,
+) -> None:
+    # A flush interval of 1 µs: every tick after the first finds the previous one's decision
+    # staged long enough, so decisions leave one by one, not after the last timer.
+    worker, producer, p = _worker_on(tmp_path, write_batch_ms=0.001)
+    clock = worker.clock
+    assert isinstance(clock, ManualClock)
+    first, second = _customers_on(p, worker.settings.partitions, 2)
+    start = clock.now()
+    for offset, (cid, delay_s) in enumerate(((first, 0.25), (second, 0.75))):
+        clock.set(start + timedelta(seconds=delay_s))
+        value = orjson.dumps(
+            {
+                "event_id": f"e{offset}",
+                "customer_id": cid,
+                "type": "cart_add",
+                "ts": clock.now().isoformat(),
+                "product_id": "sku",
+                "quantity": 1,
+                "price": 40.0,
+            }
+        )
+        worker._handle(_Message(worker.settings.topics.events, p, offset, cid.encode(), value))
+    worker._flush()
+    due = start.timestamp() + 0.25 + worker.settings.cart_abandon_after_s
+    wait = worker._next_timer_in()
+    # Rounded up to the poll's milliseconds: a poll of that long never returns before the due time.
+    assert wait is not None
+    assert int(wait * 1000) / 1000 >= due - clock.now().timestamp()
+    assert wait - (due - clock.now().timestamp()) < 0.002
+    decisions = worker.settings.topics.decisions
+    producer.sent.clear()
+    clock.set(datetime.fromtimestamp(due, UTC) - timedelta(milliseconds=1))
+    worker._fire_timers()
+    worker._flush()
+    assert producer.sent == []  # not a millisecond early
+    clock.set(datetime.fromtimestamp(due + 0.5, UTC))  # both due now
+    worker._fire_timers()
+    # The first timer's decision left before the second timer was handled.
+    assert [key for topic, key, _ in producer.sent if topic == decisions] == [first.encode()]
+    worker._flush()
+    assert [key for topic, key, _ in producer.sent if topic == decisions] == [
+        first.encode(),
+        second.encode(),
+    ]
+    tables = worker.tables[p]
     for store in tables.stores():
         store.close(changelog_offset=None)
     assert tables.unacked is not None

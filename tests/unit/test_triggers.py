@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -90,6 +91,30 @@ def test_cart_timer_fires_after_inactivity() -> None:
     assert fired[0].trigger_id == trigger_id("c1", "cart_abandoned", "add-1")
     assert after.timers == {}
     assert due(after, clock.now() + timedelta(days=1), CONFIG) == ([], after)
+
+
+def test_timers_of_the_same_second_fall_due_apart_at_their_exact_delay() -> None:
+    """Kept to the fraction of a second: never early, and not all at the second's start."""
+    early, late = T0 + timedelta(milliseconds=120), T0 + timedelta(milliseconds=870)
+    _, first = step(None, ev("cart_add", early, event_id="a1", product_id="p1"))
+    _, second = step(None, ev("cart_add", late, event_id="a2", product_id="p1"))
+    assert next_due(first) == early.timestamp() + 1800.0
+    assert next_due(second) == late.timestamp() + 1800.0
+    at = late + timedelta(seconds=1800) - timedelta(milliseconds=1)
+    assert [t.ts for t in due(first, at, CONFIG)[0]] == [early + timedelta(seconds=1800)]
+    assert due(second, at, CONFIG)[0] == []
+    restored = decode_state(encode_state(second))
+    assert restored.timers == second.timers
+
+
+def test_a_state_row_with_whole_second_timers_reads_back_unchanged() -> None:
+    """Rows written before timers kept fractions (due as an int) decode to the same due time."""
+    _, state = step(None, ev("cart_add", T0, event_id="a1", product_id="p1"))
+    whole = msgspec.structs.replace(state, timers={"cart_abandoned": (EPOCH0 + 1800, "a1")})
+    restored = decode_state(encode_state(whole))
+    assert restored.timers == {"cart_abandoned": (float(EPOCH0 + 1800), "a1")}
+    fired, _ = due(restored, T0 + timedelta(seconds=1800), CONFIG)
+    assert [t.ts for t in fired] == [T0 + timedelta(seconds=1800)]
 
 
 def test_cart_activity_pushes_the_timer() -> None:
@@ -194,7 +219,7 @@ def test_timers_round_trip_and_due_matches(steps: list[tuple[str, int]]) -> None
     restored = decode_state(encode_state(state))
     assert restored.timers == state.timers
     for due_at, _ in state.timers.values():
-        assert isinstance(due_at, int)
+        assert isinstance(due_at, float)
     now = T0 + timedelta(days=200)
     fired, after = due(restored, now, CONFIG)
     assert after.timers == {}
