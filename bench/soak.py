@@ -105,12 +105,21 @@ def short_window_campaign(run_dir: Path) -> Path:
     return path
 
 
-def metric(url: str, name: str) -> float:
-    """Sum of a metric's samples on the worker's /metrics."""
+def scrape(url: str) -> list[str]:
+    """The worker's /metrics, once: the metrics of one sample must come from the same reading.
+
+    (Two readings of a counter and of its bucket a moment apart differ by what happened in
+    between: a stall count taken as count minus a bucket read later went negative.)
+    """
     import urllib.request
 
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
-        lines = response.read().decode().splitlines()
+        body: bytes = response.read()
+    return body.decode().splitlines()
+
+
+def metric(lines: list[str], name: str) -> float:
+    """Sum of a metric's samples in a scrape (lines starting with `name`)."""
     return sum(
         float(x.rsplit(" ", 1)[1]) for x in lines if x.startswith(name) and not x.startswith("#")
     )
@@ -283,6 +292,7 @@ def run(
             latencies = [r[1] for r in window]
             timer = [r[1] for r in window if not r[2]]
             decisions += len(window)
+            lines = scrape(worker.url)
             samples.append(
                 Sample(
                     elapsed_s=time.monotonic() - started,
@@ -293,13 +303,13 @@ def run(
                     p99_explicit_ms=_p([r[1] for r in window if r[2]], 0.99),
                     p99_timer_ms=_p(timer, 0.99),
                     timer_decisions=len(timer),
-                    open_decisions=metric(worker.url, "kairos_decisions_total")
-                    - metric(worker.url, "kairos_rewards_total"),
-                    timers=metric(worker.url, "kairos_pending_timers"),
-                    customer_rows=metric(worker.url, 'kairos_table_rows{table="customers"}'),
-                    expired=metric(worker.url, "kairos_expired_customers_total"),
-                    stalls=metric(worker.url, "kairos_event_loop_lag_seconds_count")
-                    - metric(worker.url, 'kairos_event_loop_lag_seconds_bucket{le="0.02"}'),
+                    open_decisions=metric(lines, "kairos_decisions_total")
+                    - metric(lines, "kairos_rewards_total"),
+                    timers=metric(lines, "kairos_pending_timers"),
+                    customer_rows=metric(lines, 'kairos_table_rows{table="customers"}'),
+                    expired=metric(lines, "kairos_expired_customers_total"),
+                    stalls=metric(lines, "kairos_event_loop_lag_seconds_count")
+                    - metric(lines, 'kairos_event_loop_lag_seconds_bucket{le="0.02"}'),
                 )
             )
             print(samples[-1], flush=True)
