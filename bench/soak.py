@@ -318,7 +318,9 @@ def run(
             if not sender.is_alive():
                 break
     finally:
-        sender.join(60)
+        if sender.is_alive():  # interrupted (Ctrl-C, an error): stop sending at once
+            sender.terminate()
+        sender.join(30)
         stop.set()
         try:  # the reader's last batch: a process exits only once its queue is flushed
             while True:
@@ -338,6 +340,11 @@ def _span(values: list[float], fmt: str = "{:,.0f}") -> str:
     """'low-high' of values (or the one value)."""
     low, high = min(values), max(values)
     return fmt.format(low) if low == high else f"{fmt.format(low)}-{fmt.format(high)}"
+
+
+def _ms(value: float) -> str:
+    """A latency cell: one decimal, or "-" for a window without such decisions (nan)."""
+    return "-" if value != value else f"{value:.1f}"
 
 
 def _finite(values: list[float]) -> list[float]:
@@ -405,8 +412,10 @@ def main() -> None:
         "timer's due time, so their latency is how late the timer fired plus the decision's way "
         "out. Open decisions: decisions sent minus rewards joined (the pending table). "
         "Customer rows: the customers table (`kairos_table_rows`); expired: customers removed "
-        "by retention so far. Loop stalls: times the worker's event loop woke more than 20 ms "
-        "late (`kairos_event_loop_lag_seconds`), since the start.",
+        "by retention so far. Loop stalls: since the start, turns of the worker's loop that kept "
+        "arriving records waiting over 20 ms (`kairos_event_loop_lag_seconds`; on the Faust "
+        "runtime, wakes of its event loop over 20 ms late). `-`: no such decision in the "
+        "window.",
         "",
         f"Worker runtime: {Settings().runtime} (`KAIROS_RUNTIME`). Worker RSS at start: "
         f"{start_rss:.0f} MiB.",
@@ -419,7 +428,7 @@ def main() -> None:
     for s in samples:
         lines.append(
             f"| {s.elapsed_s:.0f} | {s.rss_mib:.0f} | {s.decisions:,} | {s.p50_ms:.1f} | "
-            f"{s.p99_ms:.1f} | {s.p99_explicit_ms:.1f} | {s.p99_timer_ms:.1f} | "
+            f"{s.p99_ms:.1f} | {_ms(s.p99_explicit_ms)} | {_ms(s.p99_timer_ms)} | "
             f"{s.timer_decisions:,} | {s.open_decisions:.0f} | {s.timers:.0f} | "
             f"{s.customer_rows:,.0f} | {s.expired:,.0f} | {s.stalls:,.0f} |"
         )

@@ -1,7 +1,8 @@
 """Triggers: explicit events and timers derived from state (cart abandonment, lapse, first purchase).
 
 Timers live in `CustomerState.timers` (kind -> (due epoch seconds, arming event id)) so they survive
-restarts; a timer is due exactly its delay after the event that armed it (fractions of a second kept); the stream layer only has to call `due()` for a customer at or after the earliest due time.
+restarts; a timer is due exactly its delay after the event that armed it (fractions of a second
+kept); the stream layer only has to call `due()` for a customer at or after the earliest due time.
 """
 
 from __future__ import annotations
