@@ -185,9 +185,14 @@ class KairosApp:
                 else:
                     await self._handle(event, rows)
 
-        @app.timer(interval=s.timer_tick_s, name="kairos.timers")  # type: ignore[untyped-decorator]
+        @app.task  # type: ignore[untyped-decorator]
         async def fire_timers() -> None:
-            await self._fire_due()
+            await self.fire_timers_when_due(s.timer_tick_s)
+
+        @app.timer(interval=s.timer_tick_s, name="kairos.lag")  # type: ignore[untyped-decorator]
+        async def report_lag() -> None:
+            if self.ready and not app.rebalancing:
+                self._report_lag()
 
         @app.task  # type: ignore[untyped-decorator]
         async def watch_loop_lag() -> None:
@@ -360,6 +365,28 @@ class KairosApp:
             sent += 1
         return sent
 
+    async def fire_timers_when_due(self, tick_s: float) -> None:
+        """For ever: send a tick for each customer due, then sleep until the next due time.
+
+        A fixed tick of `tick_s` made a derived trigger wait half a tick on average (measured:
+        due -> decided p50 44 ms with 50 ms ticks); the sleep now ends at the soonest due time,
+        and lasts a tick at most, so that timers added meanwhile (and a rebuild) are seen.
+        """
+        while True:
+            await self._fire_due()
+            await asyncio.sleep(self.timer_wait(tick_s))
+
+    def timer_wait(self, tick_s: float) -> float:
+        """Seconds until the soonest due time, at most `tick_s`.
+
+        A full tick while nothing fires: not ready yet, or rebalancing (due times already past
+        would otherwise wake the task at once, again and again).
+        """
+        heap = self.timers.heap
+        if not heap or not self.ready or self.app.rebalancing:
+            return tick_s
+        return min(tick_s, max(0.0, heap[0][0] - self.clock.now().timestamp()))
+
     async def _fire_due(self) -> None:
         if not self.ready or self.app.rebalancing:
             return
@@ -369,7 +396,6 @@ class KairosApp:
         for customer_id in self.timers.pop_due(self.clock.now().timestamp()):
             await self.ticks_topic.send(key=customer_id.encode(), value=b"")
         self.metrics.pending_timers.set(self.timers.customers)
-        self._report_lag()
 
     async def watch_loop_lag(self, interval_s: float = 0.01) -> None:
         """Measure event-loop stalls for ever: how much later than asked a short sleep returns."""

@@ -81,7 +81,11 @@ class Settings(BaseSettings):
     # Triggers derived from time.
     cart_abandon_after_s: float = Field(default=1800.0, gt=0)
     lapse_after_days: float = Field(default=60.0, gt=0)
-    timer_tick_s: float = Field(default=0.05, gt=0, description="How often due timers are checked.")
+    timer_tick_s: float = Field(
+        default=0.05,
+        gt=0,
+        description="Faust runtime: the longest sleep of the timer task between due times (it wakes at the soonest due time), and how often consumer lag is reported.",
+    )
     # RocksDB memory, per table partition this worker holds (Faust's defaults are a 2 GiB block
     # cache and 3 x 64 MiB write buffers per partition: unbounded in practice). The worst case is
     # partitions held x 2 tables x (cache + buffers x buffer size): 24 x 32 MiB for 12 partitions.
