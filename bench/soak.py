@@ -181,8 +181,9 @@ def read_decisions(
 ) -> None:
     """Read the action topic in a process that does nothing else; put batches of Readings on `out`.
 
-    The receive time is taken as soon as poll returns, before any parsing; the parent scrapes the
-    worker's metrics, which would delay a reader in its own process and count as latency.
+    The receive time is taken as soon as poll returns, before any parsing. The parent scrapes the
+    worker's metrics every 10 s: a reader sharing its process would be held up meanwhile, and the
+    wait would count as latency.
     """
     consumer = Consumer(config)
     consumer.subscribe([topic], on_assign=lambda _consumer, _partitions: assigned.set())
