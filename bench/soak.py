@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import orjson
 from confluent_kafka import Consumer, Producer
 
+from bench._measure_steps import percentile
 from bench.report import machine_line, replace_section
 from engine.campaign import load_campaign
 from streams.demo import demo_settings
@@ -210,14 +211,6 @@ def read_decisions(
         consumer.close()
 
 
-def _p(values: list[float], q: float) -> float:
-    """The q-quantile of values (nan for none)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 def run(
     rate: float, minutes: float, customers: int, ttl_s: float
 ) -> tuple[list[Sample], int, float]:
@@ -299,10 +292,10 @@ def run(
                     elapsed_s=time.monotonic() - started,
                     rss_mib=rss_mib(pid),
                     decisions=decisions,
-                    p50_ms=_p(latencies, 0.5),
-                    p99_ms=_p(latencies, 0.99),
-                    p99_explicit_ms=_p([r[1] for r in window if r[2]], 0.99),
-                    p99_timer_ms=_p(timer, 0.99),
+                    p50_ms=percentile(sorted(latencies), 50),
+                    p99_ms=percentile(sorted(latencies), 99),
+                    p99_explicit_ms=percentile(sorted(r[1] for r in window if r[2]), 99),
+                    p99_timer_ms=percentile(sorted(timer), 99),
                     timer_decisions=len(timer),
                     open_decisions=metric(lines, "kairos_decisions_total")
                     - metric(lines, "kairos_rewards_total"),

@@ -382,10 +382,10 @@ class KairosApp:
         A full tick while nothing fires: not ready yet, or rebalancing (due times already past
         would otherwise wake the task at once, again and again).
         """
-        heap = self.timers.heap
-        if not heap or not self.ready or self.app.rebalancing:
+        soonest = self.timers.soonest()
+        if soonest is None or not self.ready or self.app.rebalancing:
             return tick_s
-        return min(tick_s, max(0.0, heap[0][0] - self.clock.now().timestamp()))
+        return min(tick_s, max(0.0, soonest - self.clock.now().timestamp()))
 
     async def _fire_due(self) -> None:
         if not self.ready or self.app.rebalancing:

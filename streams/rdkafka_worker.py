@@ -470,11 +470,7 @@ class RdkafkaWorker:
                 if message is not None:
                     self._handle(message)
                     for more in self.consumer.consume(BATCH, 0):
-                        if (
-                            self._staged
-                            and time.perf_counter() - self._staged_since >= self._flush_after_s
-                        ):
-                            self._flush()  # bounds how long a turn's first decision waits
+                        self._flush_if_due()  # bounds how long a turn's first decision waits
                         self._handle(more)
                     self._flush()
                 if self._callback_error is not None:
@@ -624,6 +620,12 @@ class RdkafkaWorker:
         if self._flush_after_s <= 0:
             self._flush()
 
+    def _flush_if_due(self) -> None:
+        """Flush once the oldest staged write has waited `write_batch_ms`: a long turn (many
+        records, or many timers due together) sends its first decisions before its last."""
+        if self._staged and time.perf_counter() - self._staged_since >= self._flush_after_s:
+            self._flush()
+
     def _flush(self) -> None:
         """Write and send what this turn staged: one note, one batch per table, for all records.
 
@@ -724,24 +726,19 @@ class RdkafkaWorker:
         confluent-kafka truncates a poll time-out to milliseconds: unrounded, a wait ending just
         before the due time would be followed by polls of 0 ms, a spin until it came.
         """
-        heap = self.timers.heap
-        if not heap or not self.ready:
+        soonest = self.timers.soonest()
+        if soonest is None or not self.ready:
             return None
-        left_ms = math.ceil((heap[0][0] - self.clock.now().timestamp()) * 1000.0)
+        left_ms = math.ceil((soonest - self.clock.now().timestamp()) * 1000.0)
         return max(0.0, (left_ms + 0.5) / 1000.0)
 
     def _fire_timers(self) -> None:
-        """Tick every customer now due; decisions leave every `write_batch_ms`, not after all.
-
-        Timers due together (a restart's overdue ones, or many deadlines at once) are a batch
-        like a poll's records: flushing as they go keeps the first decision from waiting for
-        the last.
-        """
+        """Tick every customer now due; decisions leave every `write_batch_ms`, not after all
+        (timers due together, such as a restart's overdue ones, are a batch like a poll's)."""
         if not self.ready or not self.timers.heap:
             return
         for customer_id in self.timers.pop_due(self.clock.now().timestamp()):
-            if self._staged and time.perf_counter() - self._staged_since >= self._flush_after_s:
-                self._flush()
+            self._flush_if_due()
             self._tick(customer_id)
 
     def _tick(self, customer_id: str) -> None:

@@ -76,6 +76,11 @@ class TimerIndex:
         heapq.heapify(heap)
         self.heap = heap
 
+    def soonest(self) -> float | None:
+        """The earliest due time in the heap (None: nothing due). It may be a stale entry's, but
+        never later than the soonest live one: waking for it costs a look, never a miss."""
+        return self.heap[0][0] if self.heap else None
+
     def cancel(self, customer_id: str) -> None:
         """Nothing is due for the customer any more (its rows were removed)."""
         self.schedule(customer_id, None, None)

@@ -225,17 +225,19 @@ def _worker_on(tmp_path: Path, write_batch_ms: float) -> tuple[RdkafkaWorker, _P
     return worker, producer, p
 
 
-def _event(worker: RdkafkaWorker, p: int, offset: int, kind: str, **fields: Any) -> _Message:
+def _event(
+    worker: RdkafkaWorker, p: int, offset: int, kind: str, customer: str = "c1", **fields: Any
+) -> _Message:
     value = orjson.dumps(
         {
             "event_id": f"e{offset}",
-            "customer_id": "c1",
+            "customer_id": customer,
             "type": kind,
             "ts": worker.clock.now().isoformat(),
             **fields,
         }
     )
-    return _Message(worker.settings.topics.events, p, offset, b"c1", value)
+    return _Message(worker.settings.topics.events, p, offset, customer.encode(), value)
 
 
 def test_a_turn_writes_and_sends_its_records_together_and_reads_its_own_rows(
@@ -311,18 +313,9 @@ def test_timers_fire_at_their_exact_due_time_and_their_decisions_leave_as_they_g
     start = clock.now()
     for offset, (cid, delay_s) in enumerate(((first, 0.25), (second, 0.75))):
         clock.set(start + timedelta(seconds=delay_s))
-        value = orjson.dumps(
-            {
-                "event_id": f"e{offset}",
-                "customer_id": cid,
-                "type": "cart_add",
-                "ts": clock.now().isoformat(),
-                "product_id": "sku",
-                "quantity": 1,
-                "price": 40.0,
-            }
+        worker._handle(
+            _event(worker, p, offset, "cart_add", cid, product_id="sku", quantity=1, price=40.0)
         )
-        worker._handle(_Message(worker.settings.topics.events, p, offset, cid.encode(), value))
     worker._flush()
     due = start.timestamp() + 0.25 + worker.settings.cart_abandon_after_s
     wait = worker._next_timer_in()
