@@ -25,13 +25,24 @@ def process_cpu_s(pid: int) -> float | None:
 
 def machine_busy_ticks() -> tuple[int, int]:
     """Busy and total jiffies of all CPUs since boot (the first line of /proc/stat)."""
+    busy, total, _ = machine_ticks()
+    return busy, total
+
+
+def machine_ticks(stat: Path = Path("/proc/stat")) -> tuple[int, int, int]:
+    """Busy, total and stolen jiffies of all CPUs since boot (the first line of /proc/stat).
+
+    Stolen (steal) is time a vCPU wanted to run while the hypervisor ran something else; it
+    counts as busy, since the guest's work waited through it.
+    """
     try:
-        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        values = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
     except OSError:
-        return 0, 0
+        return 0, 0, 0
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     total = sum(values[:8])
-    return total - idle, total
+    steal = values[7] if len(values) > 7 else 0
+    return total - idle, total, steal
 
 
 class CpuMeter:
@@ -41,30 +52,32 @@ class CpuMeter:
         self.pids = {name: pid for name, pid in pids.items() if pid > 0}
         self._start: dict[str, float | None] = {}
         self._wall = 0.0
-        self._machine = (0, 0)
+        self._machine = (0, 0, 0)
 
     def start(self) -> None:
         """Take the first reading."""
         self._wall = time.monotonic()
         self._start = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
-        self._machine = machine_busy_ticks()
+        self._machine = machine_ticks()
 
     def stop(self) -> dict[str, float]:
-        """Percent of one core used by each process since start, plus 'machine' (all cores, %)."""
+        """Percent of one core used by each process since start, plus 'machine' (all cores, %),
+        'stolen' (% of one core the hypervisor took) and 'others' (the rest, % of one core)."""
         wall = max(time.monotonic() - self._wall, 1e-9)
         out: dict[str, float] = {}
         for name, pid in self.pids.items():
             before, after = self._start.get(name), process_cpu_s(pid)
             if before is not None and after is not None:
                 out[name] = 100.0 * (after - before) / wall
-        busy0, total0 = self._machine
-        busy1, total1 = machine_busy_ticks()
+        busy0, total0, steal0 = self._machine
+        busy1, total1, steal1 = machine_ticks()
         if total1 > total0:
-            out["machine"] = 100.0 * (busy1 - busy0) / (total1 - total0)
-            # Everything else on the machine (other users' jobs, the kernel), in % of one core.
+            ours = sum(out.values())
             cores = os.cpu_count() or 1
-            ours = sum(v for k, v in out.items() if k != "machine")
-            out["others"] = max(0.0, out["machine"] * cores - ours)
+            out["machine"] = 100.0 * (busy1 - busy0) / (total1 - total0)
+            out["stolen"] = 100.0 * cores * (steal1 - steal0) / (total1 - total0)
+            # Everything else on the machine (other users' jobs, the kernel), in % of one core.
+            out["others"] = max(0.0, out["machine"] * cores - ours - out["stolen"])
         return out
 
 

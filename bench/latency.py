@@ -83,6 +83,9 @@ MIXED_LINGERS_MS = (5, 0)
 GOAL_P99_MS = 10.0
 GOAL_RATE = 1000
 GOAL_MIXED = 5000
+#: Stolen CPU (% of one core, over a step) above which the report says the hypervisor took part
+#: of the run: on 2 vCPUs, 5% is 50 ms a second that some process waited for a vCPU.
+STOLEN_NOTABLE = 5.0
 #: The system name of each worker runtime in the tables ("Kairos worker" is the default runtime).
 RUNTIME_SYSTEMS = {"rdkafka": "Kairos worker", "faust": "Kairos on Faust"}
 FLOOR_SYSTEMS = {"confluent": "bare confluent-kafka loop", "faust": "bare Faust agent"}
@@ -629,8 +632,9 @@ def render(run: Run, args: argparse.Namespace) -> str:
         f"(librdkafka {libversion()[0]}), faust-streaming {package_version('faust-streaming')}, "
         f"aiokafka {package_version('aiokafka')}. **The {_cores()} cores are shared** by the broker "
         "JVM, the system under test, the load generator and the measuring consumer (CPU columns: "
-        "% of one core; `others` = everything else on the machine, e.g. other jobs; `machine` = "
-        "all cores busy %)."
+        "% of one core; `others` = everything else on the machine, e.g. other jobs; `stolen` = "
+        "time the hypervisor ran something else while this VM's vCPUs wanted to run (steal in "
+        "/proc/stat); `machine` = all cores busy %, stolen time included)."
     )
     busiest = max((r.cpu.get("others", 0.0) for r in run.latency + run.mixed), default=0.0)
     # Under a CPU latency request the polling CPUs' time shows up in `others` (measured
@@ -640,6 +644,14 @@ def render(run: Run, args: argparse.Namespace) -> str:
             "",
             f"**Contended run:** other jobs on the machine used up to {busiest:.0f}% of a core "
             "during the steps (`CPU others`); tail latencies are pessimistic.",
+        ]
+    stolen = max((r.cpu.get("stolen", 0.0) for r in _all_steps(run)), default=0.0)
+    if stolen > STOLEN_NOTABLE:
+        out += [
+            "",
+            f"**Stolen run:** the hypervisor took up to {stolen:.0f}% of a core from this VM "
+            "during a step (`CPU stolen`): its processes waited for a vCPU that was not running, "
+            "which no setting of ours changes.",
         ]
     out.append("")
     out.append(
@@ -663,15 +675,15 @@ def render(run: Run, args: argparse.Namespace) -> str:
     )
     out += ["", "### Trigger-to-output latency (ms)", ""]
     out.append(
-        "| system | offered/s | sent/s | measured | p50 | p95 | p99 | max | CPU system | CPU broker | CPU loadgen | CPU reader | CPU others | machine |"
+        "| system | offered/s | sent/s | measured | p50 | p95 | p99 | max | CPU system | CPU broker | CPU loadgen | CPU reader | CPU others | CPU stolen | machine |"
     )
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in run.latency:
         out.append(
             f"| {r.system} | {r.rate:,.0f} | {r.load.achieved_rate:,.0f} | {r.count:,} | "
             f"{fmt(r.p50_ms, 2)} | {fmt(r.p95_ms, 2)} | {fmt(r.p99_ms, 2)} | {fmt(r.max_ms, 1)} | "
             f"{_cpu(r, 'system')} | {_cpu(r, 'broker')} | {_cpu(r, 'loadgen')} | {_cpu(r, 'reader')} | "
-            f"{_cpu(r, 'others')} | {_cpu(r, 'machine')} |"
+            f"{_cpu(r, 'others')} | {_cpu(r, 'stolen')} | {_cpu(r, 'machine')} |"
         )
     out += _tail_table(run)
     out += _paired_table(run, args)
@@ -695,15 +707,17 @@ def render(run: Run, args: argparse.Namespace) -> str:
         )
         out.append("")
         out.append(
-            "| system | linger ms | offered events/s | sent/s | decisions | p50 ms | p99 ms | max ms | max lag (events) | CPU worker | CPU broker | CPU loadgen | CPU others | machine | keeps up |"
+            "| system | linger ms | offered events/s | sent/s | decisions | p50 ms | p99 ms | max ms | max lag (events) | CPU worker | CPU broker | CPU loadgen | CPU others | CPU stolen | machine | keeps up |"
         )
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        out.append(
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        )
         for r in run.mixed:
             out.append(
                 f"| {r.system} | {r.linger_ms} | {r.rate:,.0f} | {r.load.achieved_rate:,.0f} | {r.count:,} | {fmt(r.p50_ms, 2)} | "
                 f"{fmt(r.p99_ms, 1)} | {fmt(r.max_ms, 0)} | {r.max_lag if r.max_lag is not None else '–'} | "
                 f"{_cpu(r, 'system')} | {_cpu(r, 'broker')} | {_cpu(r, 'loadgen')} | {_cpu(r, 'others')} | "
-                f"{_cpu(r, 'machine')} | {'yes' if r.keeps_up() else '**no**'} |"
+                f"{_cpu(r, 'stolen')} | {_cpu(r, 'machine')} | {'yes' if r.keeps_up() else '**no**'} |"
             )
     if run.profile is not None and run.profile.samples:
         out += _profile_table(run)
@@ -974,6 +988,11 @@ def _cores() -> int:
     return os.cpu_count() or 0
 
 
+def _all_steps(run: Run) -> list[StepResult]:
+    """Every measured step of the run: alone, mixed, and both side-by-side stages."""
+    return [*run.latency, *run.mixed, *run.paired, *run.paired_polling]
+
+
 def _cpu(r: StepResult, key: str) -> str:
     value = r.cpu.get(key)
     return "–" if value is None else f"{value:.0f}%"
@@ -1083,17 +1102,20 @@ def _paired_table(run: Run, args: argparse.Namespace) -> list[str]:
 def _rounds_table(side: PairedVerdict) -> list[str]:
     """A side-by-side stage's rounds and its pooled figures, as a markdown table."""
     out = [
-        "| round | bare loop p50 | bare loop p99 | Kairos p50 | Kairos p99 | Kairos p99 / bare p99 |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| round | bare loop p50 | bare loop p99 | Kairos p50 | Kairos p99 | Kairos p99 / bare p99 "
+        "| CPU stolen |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for (n, f, k), ratio in zip(side.pairs, side.ratios, strict=True):
+        # Both steps of a round run at once: the round's stolen time is the larger reading.
+        stolen = max(f.cpu.get("stolen", 0.0), k.cpu.get("stolen", 0.0))
         out.append(
             f"| {n} | {fmt(f.p50_ms, 2)} | {fmt(f.p99_ms, 2)} | {fmt(k.p50_ms, 2)} | "
-            f"{fmt(k.p99_ms, 2)} | {fmt(ratio, 1)}x |"
+            f"{fmt(k.p99_ms, 2)} | {fmt(ratio, 1)}x | {stolen:.0f}% |"
         )
     out.append(
         f"| **pooled** | {fmt(side.floor_p50, 2)} | {fmt(side.floor_p99, 2)} | "
-        f"{fmt(side.kairos_p50, 2)} | {fmt(side.kairos_p99, 2)} | **{fmt(side.ratio, 1)}x** |"
+        f"{fmt(side.kairos_p50, 2)} | {fmt(side.kairos_p99, 2)} | **{fmt(side.ratio, 1)}x** | |"
     )
     return out
 

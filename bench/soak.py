@@ -45,6 +45,9 @@ WINDOW_S = 20
 #: an explicit trigger (its trigger_event_id is that event) from one on the inactivity timer.
 EXPLICIT_PREFIX = "abandon-"
 _SPAWN = multiprocessing.get_context("spawn")
+#: A second with this much of the machine's CPU stolen counts as a likely cause of a stall
+#: (on 2 vCPUs, 5% is 100 ms of one vCPU not running in that second).
+STEAL_NOTABLE_PCT = 5.0
 
 
 @dataclass
@@ -66,6 +69,17 @@ class Sample:
     customer_rows: float
     expired: float
     stalls: float = 0.0  # event-loop stalls over 20 ms so far (kairos_event_loop_lag_seconds)
+    gc_pauses: float = 0.0  # the worker's garbage-collector pauses over 20 ms so far
+    #: CPU time the hypervisor took from this VM (steal): over the window, and in its worst second,
+    #: as % of all the machine's CPU time.
+    steal_pct: float = 0.0
+    steal_max_pct: float = 0.0
+
+    @classmethod
+    def zero(cls) -> Sample:
+        """The counters before the first window (all zero)."""
+        nan = float("nan")
+        return cls(0.0, 0.0, 0, nan, nan, nan, nan, 0, 0.0, 0.0, 0.0, 0.0)
 
 
 def rss_mib(pid: int) -> float:
@@ -117,6 +131,64 @@ def scrape(url: str) -> list[str]:
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
         body: bytes = response.read()
     return body.decode().splitlines()
+
+
+class StealMeter:
+    """The machine's CPU steal (time the hypervisor ran something else) from /proc/stat.
+
+    A loop turn of the worker can stall because its vCPU was not running at all; the guest sees
+    that only as steal time, so the soak records it beside the stalls it may explain.
+    """
+
+    def __init__(self) -> None:
+        self._last = self._read()
+        self._window_start = self._last
+        self.worst_second = 0.0
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        """(steal, total) jiffies of all CPUs since boot ((0, 0) where /proc/stat has none)."""
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        except OSError:
+            return 0, 0
+        values = [int(x) for x in fields[:8]]
+        return (values[7], sum(values)) if len(values) == 8 else (0, 0)
+
+    @staticmethod
+    def _pct(start: tuple[int, int], end: tuple[int, int]) -> float:
+        total = end[1] - start[1]
+        return 100.0 * (end[0] - start[0]) / total if total > 0 else 0.0
+
+    def tick(self) -> None:
+        """Call about once a second: keeps the window's worst second."""
+        now = self._read()
+        if now[1] - self._last[1] > 0:
+            self.worst_second = max(self.worst_second, self._pct(self._last, now))
+            self._last = now
+
+    def window(self) -> tuple[float, float]:
+        """(steal % over the window, steal % in its worst second); starts the next window."""
+        self.tick()
+        result = self._pct(self._window_start, self._last), self.worst_second
+        self._window_start = self._last
+        self.worst_second = 0.0
+        return result
+
+
+def over(lines: list[str], histogram: str, le: str = "0.02") -> float:
+    """Observations of a histogram (all its label sets) above the bucket `le`, from one scrape."""
+    bucket = f'le="{le}"'
+    above = 0.0
+    for line in lines:
+        if line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        if name.startswith(f"{histogram}_count"):
+            above += float(value)
+        elif name.startswith(f"{histogram}_bucket") and bucket in name:
+            above -= float(value)
+    return above
 
 
 def metric(lines: list[str], name: str) -> float:
@@ -273,10 +345,15 @@ def run(
     later: list[Reading] = []
     decisions = 0
     next_sample = started + 10
+    steal = StealMeter()
+    next_steal = started + 1
     try:
         while sender.is_alive() or time.monotonic() < next_sample:
             with contextlib.suppress(queue.Empty):
                 later.extend(readings.get(timeout=0.2))
+            if time.monotonic() >= next_steal:
+                steal.tick()
+                next_steal += 1
             if time.monotonic() < next_sample:
                 continue
             # Readings belong to the window they were received in (the reader sends every 0.5 s).
@@ -287,6 +364,7 @@ def run(
             timer = [r[1] for r in window if not r[2]]
             decisions += len(window)
             lines = scrape(worker.url)
+            steal_pct, steal_max_pct = steal.window()
             samples.append(
                 Sample(
                     elapsed_s=time.monotonic() - started,
@@ -302,8 +380,10 @@ def run(
                     timers=metric(lines, "kairos_pending_timers"),
                     customer_rows=metric(lines, 'kairos_table_rows{table="customers"}'),
                     expired=metric(lines, "kairos_expired_customers_total"),
-                    stalls=metric(lines, "kairos_event_loop_lag_seconds_count")
-                    - metric(lines, 'kairos_event_loop_lag_seconds_bucket{le="0.02"}'),
+                    stalls=over(lines, "kairos_event_loop_lag_seconds"),
+                    gc_pauses=over(lines, "kairos_gc_pause_seconds"),
+                    steal_pct=steal_pct,
+                    steal_max_pct=steal_max_pct,
                 )
             )
             print(samples[-1], flush=True)
@@ -346,6 +426,27 @@ def _finite(values: list[float]) -> list[float]:
     return sorted(v for v in values if v == v)
 
 
+def stall_causes(samples: list[Sample], steal_pct: float = STEAL_NOTABLE_PCT) -> str:
+    """Which windows with worker loop stalls also had a GC pause or a second of notable steal."""
+    stalled = gc = stolen = neither = 0
+    for before, s in zip([Sample.zero(), *samples], samples, strict=False):
+        if s.stalls <= before.stalls:
+            continue
+        stalled += 1
+        had_gc = s.gc_pauses > before.gc_pauses
+        had_steal = s.steal_max_pct >= steal_pct
+        gc += had_gc
+        stolen += had_steal
+        neither += not (had_gc or had_steal)
+    return (
+        f"- **Stalls.** Worker loop turns over 20 ms: {samples[-1].stalls:,.0f} in the run, in "
+        f"{stalled} of {len(samples)} windows; of those windows {gc} had a worker GC pause over "
+        f"20 ms, {stolen} a second with {steal_pct:g}% or more of the CPU stolen, {neither} "
+        f"neither. GC pauses over 20 ms in the run: {samples[-1].gc_pauses:,.0f}; steal over "
+        f"the run {sum(s.steal_pct for s in samples) / len(samples):.1f}% on average."
+    )
+
+
 def summary(samples: list[Sample], start_rss: float) -> list[str]:
     """How to read the run, computed from its samples: bounds, memory, latency by trigger kind."""
     if len(samples) < 2:
@@ -370,8 +471,8 @@ def summary(samples: list[Sample], start_rss: float) -> list[str]:
         f"{_span(p50, '{:.1f}')} ms; p99 of decisions on explicit events median "
         f"{explicit[len(explicit) // 2]:.1f} ms (max {explicit[-1]:.1f}), on the inactivity "
         f"timer median {timer[len(timer) // 2]:.1f} ms (max {timer[-1]:.1f}); {over} of "
-        f"{len(later)} windows had a p99 over 50 ms. Worker loop stalls over 20 ms: "
-        f"{samples[-1].stalls:,.0f} in the run.",
+        f"{len(later)} windows had a p99 over 50 ms.",
+        stall_causes(samples),
         "- **Measured since 2026-12-07:** the decision reader and the event sender are processes "
         "of their own (before, the reader shared the process and thread that scraped the "
         "worker's metrics every 10 s, and its pauses counted as latency), and timers fall due "
@@ -408,23 +509,27 @@ def main() -> None:
         "Customer rows: the customers table (`kairos_table_rows`); expired: customers removed "
         "by retention so far. Loop stalls: since the start, turns of the worker's loop that kept "
         "arriving records waiting over 20 ms (`kairos_event_loop_lag_seconds`; on the Faust "
-        "runtime, wakes of its event loop over 20 ms late). `-`: no such decision in the "
-        "window.",
+        "runtime, wakes of its event loop over 20 ms late). GC pauses: since the start, the "
+        "worker's garbage-collector pauses over 20 ms (`kairos_gc_pause_seconds`). Steal: CPU "
+        "time the hypervisor gave to something else while this VM wanted it (`/proc/stat`), % "
+        "of the machine's CPU time over the window / in its worst second. `-`: no such "
+        "decision in the window.",
         "",
         f"Worker runtime: {Settings().runtime} (`KAIROS_RUNTIME`). Worker RSS at start: "
         f"{start_rss:.0f} MiB.",
         "",
         "| t (s) | RSS MiB | decisions | p50 ms | p99 ms | p99 explicit ms | p99 timer ms "
         "| timer decisions | open decisions | customers with timers | customer rows | expired "
-        "| loop stalls |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| loop stalls | GC pauses | steal % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in samples:
         lines.append(
             f"| {s.elapsed_s:.0f} | {s.rss_mib:.0f} | {s.decisions:,} | {s.p50_ms:.1f} | "
             f"{s.p99_ms:.1f} | {_ms(s.p99_explicit_ms)} | {_ms(s.p99_timer_ms)} | "
             f"{s.timer_decisions:,} | {s.open_decisions:.0f} | {s.timers:.0f} | "
-            f"{s.customer_rows:,.0f} | {s.expired:,.0f} | {s.stalls:,.0f} |"
+            f"{s.customer_rows:,.0f} | {s.expired:,.0f} | {s.stalls:,.0f} | {s.gc_pauses:,.0f} | "
+            f"{s.steal_pct:.1f} / {s.steal_max_pct:.0f} |"
         )
     lines += ["", *summary(samples, start_rss)]
     text = "\n".join(lines)

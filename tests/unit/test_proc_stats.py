@@ -1,0 +1,33 @@
+"""The benches' machine CPU readings from /proc/stat: busy, total and stolen time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench._proc_stats import CpuMeter, machine_ticks
+
+
+def test_machine_ticks_counts_steal_as_busy_and_reports_it(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  100 5 50 800 20 0 10 15 0 0\ncpu0 50 2 25 400 10 0 5 8 0 0\n")
+    busy, total, steal = machine_ticks(stat)
+    assert total == 100 + 5 + 50 + 800 + 20 + 0 + 10 + 15  # guest time is inside user already
+    assert busy == total - 800 - 20
+    assert steal == 15
+
+
+def test_machine_ticks_of_an_unreadable_file_is_zero(tmp_path: Path) -> None:
+    assert machine_ticks(tmp_path / "missing") == (0, 0, 0)
+
+
+def test_cpu_meter_reports_stolen_apart_from_others() -> None:
+    meter = CpuMeter({})
+    meter.start()
+    first = machine_ticks()[1]
+    while machine_ticks()[1] == first:  # busy until /proc/stat moves (it ticks at 100 Hz)
+        pass
+    reading = meter.stop()
+    assert set(reading) == {"machine", "stolen", "others"}
+    assert reading["stolen"] >= 0.0
+    assert reading["others"] >= 0.0
