@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WITH_KAFKA := bash deploy/kafka/with-kafka.sh
 
-.PHONY: demo test lint unit integration bench-bakeoff bench-startup bench-latency bench-soak bench-simulation bench-obd bench-soak kafka-start kafka-stop clean
+.PHONY: demo test lint unit integration bench-bakeoff bench-startup bench-latency bench-soak bench-soak-faust bench-simulation bench-obd kafka-start kafka-stop clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -46,6 +46,9 @@ bench-latency: $(STAMP)
 
 bench-soak: $(STAMP)
 	$(WITH_KAFKA) $(BIN)/python bench/soak.py
+
+bench-soak-faust: $(STAMP)
+	$(WITH_KAFKA) $(BIN)/python bench/soak.py --runtime faust
 
 bench-simulation: $(STAMP)
 	$(BIN)/python bench/simulation.py

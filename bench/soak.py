@@ -1,11 +1,11 @@
 """Soak: one worker at a steady mixed rate for a while; RSS, latency and open decisions over time.
 
-One command: `python bench/soak.py [--rate 400] [--minutes 3]` (needs KAIROS_KAFKA_BOOTSTRAP, as
-`make bench-soak` sets it). The cart campaign runs with a 20 s attribution window, every message sent
+One command: `python bench/soak.py [--rate 400] [--minutes 3] [--runtime faust]` (needs
+KAIROS_KAFKA_BOOTSTRAP, as `make bench-soak` sets it). The cart campaign runs with a 20 s attribution window, every message sent
 "now" and no quiet hours, so that windows close (default rewards) during the run at any hour: the pending-decision table must stay bounded. Customers
 come and go (new ones arrive at a steady rate, each active for a while), and the state TTL is
 short, so the customers table must plateau too. Writes the "Soak (bench/soak.py)" section of
-BENCHMARKS.md.
+BENCHMARKS.md, or "Soak on the Faust runtime (bench/soak.py)" for that runtime.
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def read_decisions(
 
 
 def run(
-    rate: float, minutes: float, customers: int, ttl_s: float
+    rate: float, minutes: float, customers: int, ttl_s: float, runtime: str
 ) -> tuple[list[Sample], int, float]:
     """Soak one worker; return the samples, events sent and the worker's start RSS."""
     bootstrap = os.environ.get("KAIROS_KAFKA_BOOTSTRAP")
@@ -299,6 +299,7 @@ def run(
             "state_ttl_days": ttl_s / 86_400,
             "lapse_after_days": ttl_s / 2 / 86_400,
             "state_sweep_interval_s": 5.0,
+            "runtime": runtime,
         }
     )
     ensure_topics(settings)
@@ -481,6 +482,15 @@ def summary(samples: list[Sample], start_rss: float) -> list[str]:
     ]
 
 
+def section_title(runtime: str) -> str:
+    """BENCHMARKS.md section of a soak: one per runtime, so a run on one keeps the other's."""
+    return (
+        "Soak (bench/soak.py)"
+        if runtime == "rdkafka"
+        else f"Soak on the {runtime.capitalize()} runtime (bench/soak.py)"
+    )
+
+
 def main() -> None:
     """Run the soak and write its section of BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -488,15 +498,28 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--customers", type=int, default=4_000, help="customers active at any time")
     parser.add_argument("--ttl-s", type=float, default=60.0, help="state TTL (retention)")
+    parser.add_argument(
+        "--runtime",
+        choices=("rdkafka", "faust"),
+        default=Settings().runtime,
+        help="the worker's runtime (default: KAIROS_RUNTIME's, rdkafka); each has its section",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    samples, sent, start_rss = run(args.rate, args.minutes, args.customers, args.ttl_s)
+    samples, sent, start_rss = run(
+        args.rate, args.minutes, args.customers, args.ttl_s, args.runtime
+    )
     churn_s = 10 * args.customers / args.rate
+    target, flag = (
+        ("bench-soak", "")
+        if args.runtime == "rdkafka"
+        else ("bench-soak-faust", " --runtime faust")
+    )
     lines = [
         machine_line(),
         "",
-        f"Command: `make bench-soak` (`python bench/soak.py --rate {args.rate:.0f} --minutes "
-        f"{args.minutes:g}`): {sent:,} mixed events (about one explicit trigger in five) for "
+        f"Command: `make {target}` (`python bench/soak.py --rate {args.rate:.0f} --minutes "
+        f"{args.minutes:g}{flag}`): {sent:,} mixed events (about one explicit trigger in five) for "
         f"{args.customers:,} customers active at a time, new ones replacing the oldest so that "
         f"each is active for about {churn_s:.0f} s; state TTL {args.ttl_s:g} s (idle customers "
         f"with nothing open are removed); cart campaign with a {WINDOW_S} s attribution window, "
@@ -515,8 +538,7 @@ def main() -> None:
         "of the machine's CPU time over the window / in its worst second. `-`: no such "
         "decision in the window.",
         "",
-        f"Worker runtime: {Settings().runtime} (`KAIROS_RUNTIME`). Worker RSS at start: "
-        f"{start_rss:.0f} MiB.",
+        f"Worker runtime: {args.runtime} (`--runtime`). Worker RSS at start: {start_rss:.0f} MiB.",
         "",
         "| t (s) | RSS MiB | decisions | p50 ms | p99 ms | p99 explicit ms | p99 timer ms "
         "| timer decisions | open decisions | customers with timers | customer rows | expired "
@@ -535,7 +557,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        replace_section(ROOT / "BENCHMARKS.md", "Soak (bench/soak.py)", text)
+        replace_section(ROOT / "BENCHMARKS.md", section_title(args.runtime), text)
 
 
 if __name__ == "__main__":
