@@ -32,6 +32,7 @@ import orjson
 from confluent_kafka import Consumer, Producer
 
 from bench._measure_steps import percentile
+from bench._proc_stats import process_cpu_s
 from bench.report import machine_line, replace_section
 from engine.campaign import load_campaign
 from streams.demo import demo_settings
@@ -74,6 +75,8 @@ class Sample:
     #: as % of all the machine's CPU time.
     steal_pct: float = 0.0
     steal_max_pct: float = 0.0
+    #: The worker process's CPU over the window (all its threads), % of one core.
+    cpu_pct: float = 0.0
 
     @classmethod
     def zero(cls) -> Sample:
@@ -348,6 +351,7 @@ def run(
     next_sample = started + 10
     steal = StealMeter()
     next_steal = started + 1
+    cpu_before, cpu_at = process_cpu_s(pid) or 0.0, time.monotonic()
     try:
         while sender.is_alive() or time.monotonic() < next_sample:
             with contextlib.suppress(queue.Empty):
@@ -366,6 +370,9 @@ def run(
             decisions += len(window)
             lines = scrape(worker.url)
             steal_pct, steal_max_pct = steal.window()
+            cpu_now, now = process_cpu_s(pid) or cpu_before, time.monotonic()
+            cpu_pct = 100.0 * (cpu_now - cpu_before) / max(now - cpu_at, 1e-9)
+            cpu_before, cpu_at = cpu_now, now
             samples.append(
                 Sample(
                     elapsed_s=time.monotonic() - started,
@@ -385,6 +392,7 @@ def run(
                     gc_pauses=over(lines, "kairos_gc_pause_seconds"),
                     steal_pct=steal_pct,
                     steal_max_pct=steal_max_pct,
+                    cpu_pct=cpu_pct,
                 )
             )
             print(samples[-1], flush=True)
@@ -420,6 +428,12 @@ def _span(values: list[float], fmt: str = "{:,.0f}") -> str:
 def _ms(value: float) -> str:
     """A latency cell: one decimal, or "-" for a window without such decisions (nan)."""
     return "-" if value != value else f"{value:.1f}"
+
+
+def _median(values: list[float]) -> float:
+    """The middle value (the upper one of an even count)."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
 
 
 def _finite(values: list[float]) -> list[float]:
@@ -468,6 +482,8 @@ def summary(samples: list[Sample], start_rss: float) -> list[str]:
         "removed by retention.",
         f"- **Memory.** RSS {start_rss:.0f} MiB at start, {max(rss):.0f} MiB at most, "
         f"{rss[-1]:.0f} MiB at the end.",
+        f"- **CPU.** The worker used {_median([s.cpu_pct for s in later]):.0f}% of one core in the "
+        f"median window (max {max(s.cpu_pct for s in later):.0f}%).",
         f"- **Latency** (windows after the first, which includes start-up): p50 "
         f"{_span(p50, '{:.1f}')} ms; p99 of decisions on explicit events median "
         f"{explicit[len(explicit) // 2]:.1f} ms (max {explicit[-1]:.1f}), on the inactivity "
@@ -533,21 +549,22 @@ def main() -> None:
         "by retention so far. Loop stalls: since the start, turns of the worker's loop that kept "
         "arriving records waiting over 20 ms (`kairos_event_loop_lag_seconds`; on the Faust "
         "runtime, wakes of its event loop over 20 ms late). GC pauses: since the start, the "
-        "worker's garbage-collector pauses over 20 ms (`kairos_gc_pause_seconds`). Steal: CPU "
+        "worker's garbage-collector pauses over 20 ms (`kairos_gc_pause_seconds`). CPU worker: "
+        "the worker process, all threads, over the window, % of one core. Steal: CPU "
         "time the hypervisor gave to something else while this VM wanted it (`/proc/stat`), % "
         "of the machine's CPU time over the window / in its worst second. `-`: no such "
         "decision in the window.",
         "",
         f"Worker runtime: {args.runtime} (`--runtime`). Worker RSS at start: {start_rss:.0f} MiB.",
         "",
-        "| t (s) | RSS MiB | decisions | p50 ms | p99 ms | p99 explicit ms | p99 timer ms "
+        "| t (s) | RSS MiB | CPU worker % | decisions | p50 ms | p99 ms | p99 explicit ms | p99 timer ms "
         "| timer decisions | open decisions | customers with timers | customer rows | expired "
         "| loop stalls | GC pauses | steal % |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in samples:
         lines.append(
-            f"| {s.elapsed_s:.0f} | {s.rss_mib:.0f} | {s.decisions:,} | {s.p50_ms:.1f} | "
+            f"| {s.elapsed_s:.0f} | {s.rss_mib:.0f} | {s.cpu_pct:.0f} | {s.decisions:,} | {s.p50_ms:.1f} | "
             f"{s.p99_ms:.1f} | {_ms(s.p99_explicit_ms)} | {_ms(s.p99_timer_ms)} | "
             f"{s.timer_decisions:,} | {s.open_decisions:.0f} | {s.timers:.0f} | "
             f"{s.customer_rows:,.0f} | {s.expired:,.0f} | {s.stalls:,.0f} | {s.gc_pauses:,.0f} | "
