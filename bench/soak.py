@@ -32,7 +32,7 @@ import orjson
 from confluent_kafka import Consumer, Producer
 
 from bench._measure_steps import percentile
-from bench._proc_stats import process_cpu_s
+from bench._proc_stats import machine_ticks, process_cpu_s
 from bench.report import machine_line, replace_section
 from engine.campaign import load_campaign
 from streams.demo import demo_settings
@@ -150,13 +150,9 @@ class StealMeter:
 
     @staticmethod
     def _read() -> tuple[int, int]:
-        """(steal, total) jiffies of all CPUs since boot ((0, 0) where /proc/stat has none)."""
-        try:
-            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        except OSError:
-            return 0, 0
-        values = [int(x) for x in fields[:8]]
-        return (values[7], sum(values)) if len(values) == 8 else (0, 0)
+        """(steal, total) jiffies of all CPUs since boot."""
+        _, total, steal = machine_ticks()
+        return steal, total
 
     @staticmethod
     def _pct(start: tuple[int, int], end: tuple[int, int]) -> float:
@@ -454,7 +450,7 @@ def stall_causes(samples: list[Sample], steal_pct: float = STEAL_NOTABLE_PCT) ->
         stolen += had_steal
         neither += not (had_gc or had_steal)
     return (
-        f"- **Stalls.** Worker loop turns over 20 ms: {samples[-1].stalls:,.0f} in the run, in "
+        f"- **Stalls.** Worker loop stalls over 20 ms: {samples[-1].stalls:,.0f} in the run, in "
         f"{stalled} of {len(samples)} windows; of those windows {gc} had a worker GC pause over "
         f"20 ms, {stolen} a second with {steal_pct:g}% or more of the CPU stolen, {neither} "
         f"neither. GC pauses over 20 ms in the run: {samples[-1].gc_pauses:,.0f}; steal over "

@@ -41,7 +41,7 @@ def test_stall_causes_attributes_each_stalled_window_once() -> None:
         _sample(50, 8, 3, 6.0),  # stalls with both
     ]
     text = stall_causes(samples, steal_pct=5.0)
-    assert "8 in the run, in 4 of 5 windows" in text
+    assert "stalls over 20 ms: 8 in the run, in 4 of 5 windows" in text
     assert "2 had a worker GC pause over 20 ms, 2 a second with 5% or more" in text
     assert "1 neither" in text
     assert "GC pauses over 20 ms in the run: 3" in text
