@@ -78,12 +78,6 @@ class Sample:
     #: The worker process's CPU over the window (all its threads), % of one core.
     cpu_pct: float = 0.0
 
-    @classmethod
-    def zero(cls) -> Sample:
-        """The counters before the first window (all zero)."""
-        nan = float("nan")
-        return cls(0.0, 0.0, 0, nan, nan, nan, nan, 0, 0.0, 0.0, 0.0, 0.0)
-
 
 def rss_mib(pid: int) -> float:
     """Resident memory of a process in MiB."""
@@ -440,15 +434,17 @@ def _finite(values: list[float]) -> list[float]:
 def stall_causes(samples: list[Sample], steal_pct: float = STEAL_NOTABLE_PCT) -> str:
     """Which windows with worker loop stalls also had a GC pause or a second of notable steal."""
     stalled = gc = stolen = neither = 0
-    for before, s in zip([Sample.zero(), *samples], samples, strict=False):
-        if s.stalls <= before.stalls:
+    stalls_before = gc_before = 0.0  # the counters are totals since the start
+    for s in samples:
+        new_stalls, new_gc = s.stalls > stalls_before, s.gc_pauses > gc_before
+        stalls_before, gc_before = s.stalls, s.gc_pauses
+        if not new_stalls:
             continue
         stalled += 1
-        had_gc = s.gc_pauses > before.gc_pauses
         had_steal = s.steal_max_pct >= steal_pct
-        gc += had_gc
+        gc += new_gc
         stolen += had_steal
-        neither += not (had_gc or had_steal)
+        neither += not (new_gc or had_steal)
     return (
         f"- **Stalls.** Worker loop stalls over 20 ms: {samples[-1].stalls:,.0f} in the run, in "
         f"{stalled} of {len(samples)} windows; of those windows {gc} had a worker GC pause over "
@@ -482,8 +478,8 @@ def summary(samples: list[Sample], start_rss: float) -> list[str]:
         f"median window (max {max(s.cpu_pct for s in later):.0f}%).",
         f"- **Latency** (windows after the first, which includes start-up): p50 "
         f"{_span(p50, '{:.1f}')} ms; p99 of decisions on explicit events median "
-        f"{explicit[len(explicit) // 2]:.1f} ms (max {explicit[-1]:.1f}), on the inactivity "
-        f"timer median {timer[len(timer) // 2]:.1f} ms (max {timer[-1]:.1f}); {over} of "
+        f"{_median(explicit):.1f} ms (max {explicit[-1]:.1f}), on the inactivity "
+        f"timer median {_median(timer):.1f} ms (max {timer[-1]:.1f}); {over} of "
         f"{len(later)} windows had a p99 over 50 ms.",
         stall_causes(samples),
         "- **Measured since 2026-12-07:** the decision reader and the event sender are processes "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from math import nan
 
 from bench.soak import Sample, over, stall_causes
 
@@ -29,7 +30,12 @@ def test_over_counts_observations_above_the_bucket_across_label_sets() -> None:
 
 
 def _sample(t: float, stalls: float, gc: float, steal_max: float) -> Sample:
-    return replace(Sample.zero(), elapsed_s=t, stalls=stalls, gc_pauses=gc, steal_max_pct=steal_max)
+    return replace(
+        Sample(t, 0.0, 0, nan, nan, nan, nan, 0, 0.0, 0.0, 0.0, 0.0),
+        stalls=stalls,
+        gc_pauses=gc,
+        steal_max_pct=steal_max,
+    )
 
 
 def test_stall_causes_attributes_each_stalled_window_once() -> None:
