@@ -45,10 +45,10 @@ bench-latency: $(STAMP)
 	$(WITH_KAFKA) $(BIN)/python bench/latency.py
 
 bench-soak: $(STAMP)
-	$(WITH_KAFKA) $(BIN)/python bench/soak.py
+	$(WITH_KAFKA) $(BIN)/python bench/soak.py --minutes 30
 
 bench-soak-faust: $(STAMP)
-	$(WITH_KAFKA) $(BIN)/python bench/soak.py --runtime faust
+	$(WITH_KAFKA) $(BIN)/python bench/soak.py --minutes 30 --runtime faust
 
 bench-simulation: $(STAMP)
 	$(BIN)/python bench/simulation.py

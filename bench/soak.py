@@ -416,7 +416,7 @@ def _span(values: list[float], fmt: str = "{:,.0f}") -> str:
 
 
 def _ms(value: float) -> str:
-    """A latency cell: one decimal, or "-" for a window without such decisions (nan)."""
+    """A latency figure: one decimal, or "-" where there were no such decisions (nan)."""
     return "-" if value != value else f"{value:.1f}"
 
 
@@ -478,8 +478,8 @@ def summary(samples: list[Sample], start_rss: float) -> list[str]:
         f"median window (max {max(s.cpu_pct for s in later):.0f}%).",
         f"- **Latency** (windows after the first, which includes start-up): p50 "
         f"{_span(p50, '{:.1f}')} ms; p99 of decisions on explicit events median "
-        f"{_median(explicit):.1f} ms (max {explicit[-1]:.1f}), on the inactivity "
-        f"timer median {_median(timer):.1f} ms (max {timer[-1]:.1f}); {over} of "
+        f"{_ms(_median(explicit))} ms (max {_ms(explicit[-1])}), on the inactivity "
+        f"timer median {_ms(_median(timer))} ms (max {_ms(timer[-1])}); {over} of "
         f"{len(later)} windows had a p99 over 50 ms.",
         stall_causes(samples),
         "- **Measured since 2026-12-07:** the decision reader and the event sender are processes "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from math import nan
 
-from bench.soak import Sample, over, stall_causes
+from bench.soak import Sample, over, stall_causes, summary
 
 SCRAPE = """# HELP kairos_gc_pause_seconds Garbage-collector pauses
 # TYPE kairos_gc_pause_seconds histogram
@@ -51,3 +51,15 @@ def test_stall_causes_attributes_each_stalled_window_once() -> None:
     assert "2 had a worker GC pause over 20 ms, 2 a second with 5% or more" in text
     assert "1 neither" in text
     assert "GC pauses over 20 ms in the run: 3" in text
+
+
+def test_summary_says_dash_for_a_kind_of_decision_the_run_never_made() -> None:
+    # A short run where no inactivity timer fell due: its p99 is nan in every window.
+    samples = [
+        replace(_sample(10.0 * i, 0, 0, 0.0), p50_ms=2.0, p99_ms=6.0, p99_explicit_ms=6.0)
+        for i in range(1, 4)
+    ]
+    (latency,) = [line for line in summary(samples, start_rss=80.0) if "**Latency**" in line]
+    assert "explicit events median 6.0 ms (max 6.0)" in latency
+    assert "timer median - ms (max -)" in latency
+    assert "nan" not in latency
