@@ -261,7 +261,8 @@ class StepContext:
     system: str
     input_topic: str
     reader: OutputReader
-    cpu_pids: dict[str, int]
+    #: The processes whose CPU each column reads (a system may be several processes).
+    cpu_pids: dict[str, int | tuple[int, ...]]
     lag: LagProbe | None = None
     customers: int = 100_000
     seed: int = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
@@ -21,6 +22,17 @@ def process_cpu_s(pid: int) -> float | None:
         return None
     # After the command name: state is field 3; utime and stime are fields 14 and 15 (1-based).
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _group_cpu_s(pids: tuple[int, ...]) -> float | None:
+    """CPU seconds of several processes together, or None if any of them is gone."""
+    total = 0.0
+    for pid in pids:
+        used = process_cpu_s(pid)
+        if used is None:
+            return None
+        total += used
+    return total
 
 
 def machine_busy_ticks() -> tuple[int, int]:
@@ -48,8 +60,13 @@ def machine_ticks(stat: Path = Path("/proc/stat")) -> tuple[int, int, int]:
 class CpuMeter:
     """CPU use of named processes over an interval, in percent of one core."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = {name: pid for name, pid in pids.items() if pid > 0}
+    def __init__(self, pids: Mapping[str, int | tuple[int, ...]]) -> None:
+        """`pids`: a process per name, or several whose CPU adds up (a system of processes)."""
+        self.pids: dict[str, tuple[int, ...]] = {}
+        for name, given in pids.items():
+            group = tuple(p for p in ((given,) if isinstance(given, int) else given) if p > 0)
+            if group:
+                self.pids[name] = group
         self._start: dict[str, float | None] = {}
         self._wall = 0.0
         self._machine = (0, 0, 0)
@@ -57,7 +74,7 @@ class CpuMeter:
     def start(self) -> None:
         """Take the first reading."""
         self._wall = time.monotonic()
-        self._start = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+        self._start = {name: _group_cpu_s(group) for name, group in self.pids.items()}
         self._machine = machine_ticks()
 
     def stop(self) -> dict[str, float]:
@@ -65,8 +82,8 @@ class CpuMeter:
         'stolen' (% of one core the hypervisor took) and 'others' (the rest, % of one core)."""
         wall = max(time.monotonic() - self._wall, 1e-9)
         out: dict[str, float] = {}
-        for name, pid in self.pids.items():
-            before, after = self._start.get(name), process_cpu_s(pid)
+        for name, group in self.pids.items():
+            before, after = self._start.get(name), _group_cpu_s(group)
             if before is not None and after is not None:
                 out[name] = 100.0 * (after - before) / wall
         busy0, total0, steal0 = self._machine

@@ -16,11 +16,13 @@ from streams.settings import Settings, settings_env
 
 
 class WorkerProcess:
-    """`kairos worker` as a child process, configured by environment variables."""
+    """`kairos worker` (or another command, e.g. `learner`) as a child process, configured by
+    environment variables. Readiness (/readyz) is the worker's: a learner serves no web page."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, command: str = "worker") -> None:
         self.settings = settings
         self.log_path = log_path
+        self.command = command
         self.process: subprocess.Popen[bytes] | None = None
         self.ready_after_s: float | None = None
 
@@ -32,7 +34,7 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self._started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
+            [sys.executable, "-m", "streams.cli", self.command],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
