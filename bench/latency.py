@@ -1009,12 +1009,15 @@ and 49.5 ms (5.0, 2.6, 12.9x) against 10.8, 46.1 and 43.2 ms (4.0, 16.9, 10.8x).
 the lower p99 in 5 of the 7 pairs (median 18.4 against 29.6 ms), within this hour's spread, and
 reached 2x in none; the second process costs CPU of its own (the workers and the learner 72-83%
 of a core together against 60-68% for one worker). Not the lever for the 2x goal on 2 shared
-cores; the option stays in the bench to measure a deployment of several workers. In the same
-runs one worker's p99 often rose from the first round to the later ones (8.9, 10.9 or 9.0 ms,
-then 42-59 ms), as the pending table grows (no reward closes a row in the benchmark): a pending
-row is 2,102 bytes (the decision's features 1,190, its probabilities and scores 418) against 74
-for the customer's state, so the pending table's flushes and compactions are what a smaller
-pending row would shrink, the next thing to measure.
+cores; the option stays in the bench to measure a deployment of several workers. Nor are the
+pending rows, named above as the next thing to measure (10:04-10:17, 3+3 alternating runs): a
+pending row is 2,102 bytes (the decision's features 1,190, its probabilities and scores 418)
+against 74 for the customer's state; a temporary patch that kept open decisions without those
+(about 500 bytes a row; learning needs the features, so not shippable) gave pooled Kairos p99
+22.1, 57.9 and 24.0 ms against 28.0, 12.0 and 32.7 ms with the full rows, the worker at 58-63%
+against 59-74% of a core. Rounds of 37-86 ms came and went in both (per round 8.5-85.9 against
+9.6-52.1 ms) while the bare loop's pooled p99 stayed at 2.9-4.9 ms: in such an hour the worker's
+queue, not its tables, sets the tail.
 """
 
 
