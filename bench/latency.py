@@ -1006,7 +1006,7 @@ the bare loop's: with a temporary patch of two workers learning locally (09:30-0
 14.9, 7.0, 22.0 and 18.4 ms (3.6, 2.3, 3.6, 4.8x) against one worker's 29.6, 30.5, 17.6 and
 28.7 ms (7.6, 7.3, 4.3, 10.3x); with the option as shipped (09:48-10:03, 3+3 runs), 36.1, 14.4
 and 49.5 ms (5.0, 2.6, 12.9x) against 10.8, 46.1 and 43.2 ms (4.0, 16.9, 10.8x). Two workers had
-the lower p99 in 5 of the 7 pairs (median 18.4 against 29.6 ms), within this hour's spread, and
+the lower p99 in 4 of the 7 pairs (median 18.4 against 29.6 ms), within this hour's spread, and
 reached 2x in none; the second process costs CPU of its own (the workers and the learner 72-83%
 of a core together against 60-68% for one worker). Not the lever for the 2x goal on 2 shared
 cores; the option stays in the bench to measure a deployment of several workers. Nor are the
