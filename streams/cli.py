@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -94,7 +96,11 @@ def learner(
 
     settings = _settings(campaigns=campaign or None)
     configure_logging(settings.log_level)
-    versions = run_learner(settings, resolve_campaigns(settings.campaigns), max_idle)
+    # SIGTERM (how process managers stop it) ends the loop like Ctrl-C: the learning since the
+    # last snapshot is published and committed instead of replayed by the next learner.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    versions = run_learner(settings, resolve_campaigns(settings.campaigns), max_idle, stop)
     for name, version in versions.items():
         console.print(f"{name}: model version {version}")
 

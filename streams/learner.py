@@ -95,10 +95,13 @@ def run_learner(
     settings: Settings,
     campaigns: Sequence[Campaign],
     max_idle_s: float | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, int]:
     """Consume rewards, learn, publish snapshots every `snapshot_interval_s`; returns versions.
 
-    Runs until interrupted, or until no reward arrived for `max_idle_s` seconds (tests, batch runs).
+    Runs until interrupted, until `stop` is set (`kairos learner` sets it on SIGTERM), or until
+    no reward arrived for `max_idle_s` seconds (tests, batch runs); then publishes what it learned
+    since the last snapshot and commits, so a stopped learner leaves nothing to replay.
     Offsets are committed only after the snapshot that contains their learning is published, so a
     restarted learner replays at most one snapshot interval of rewards onto the last snapshot.
     """
@@ -113,7 +116,9 @@ def run_learner(
     published: dict[str, int] = {name: r.bandit.version for name, r in runtimes.items()}
     recent = RecentIds(RECENT_REWARDS)
     try:
-        while max_idle_s is None or time.monotonic() - last_reward < max_idle_s:
+        while (max_idle_s is None or time.monotonic() - last_reward < max_idle_s) and not (
+            stop is not None and stop.is_set()
+        ):
             message = consumer.poll(0.2)
             if message is not None and not message.error():
                 try:
@@ -124,6 +129,13 @@ def run_learner(
                     runtime = runtimes.get(record.decision.campaign)
                     if recent.first_time(record.decision.decision_id) and runtime is not None:
                         runtime.learn(record)  # holdouts teach uplift baselines (engine.decide)
+                        log.debug(
+                            "learned",
+                            extra={
+                                "campaign": runtime.campaign.name,
+                                "version": runtime.bandit.version,
+                            },
+                        )
                 last_reward = time.monotonic()
             elif message is not None:
                 error = message.error()

@@ -225,3 +225,45 @@ def test_two_deciding_workers_follow_the_models_the_learner_publishes(
     decisions.close()
     learned = [d for d in later if d["campaign"] == "cart_abandonment" and d["reason"] == "policy"]
     assert learned and all(d["model_version"] == len(sent) for d in learned)
+
+
+def test_a_learner_stopped_by_sigterm_publishes_what_it_learned_since_its_last_snapshot(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # No snapshot falls due in the test: only the one published on the way out can carry the
+    # learning to the worker.
+    remote = settings.model_copy(update={"learning": "remote", "snapshot_interval_s": 3600.0})
+    customers = [f"term-{i:02d}" for i in range(20)]
+    decisions = TopicReader(remote, remote.topics.decisions)
+    with WorkerProcess(remote, tmp_path / "worker.log") as worker:
+        worker.wait_ready(90)
+        learner = WorkerProcess(
+            remote.model_copy(update={"log_level": "debug"}), tmp_path / "learner.log", "learner"
+        ).start()
+        try:
+            produce(remote, remote.topics.events, [event(c, "cart_abandoned") for c in customers])
+            got = decisions.until(lambda r: len(r) >= len(customers))
+            sent = [d for d in got if not d["holdout"] and d["campaign"] == "cart_abandonment"][:8]
+            produce(
+                remote,
+                remote.topics.outcomes,
+                [outcome(d, "converted", f"o-{d['decision_id']}") for d in sent],
+            )
+            # The learner logs each reward it learns (at debug): wait until it has them all.
+            deadline = time.monotonic() + 60
+            learned = 0
+            while learned < len(sent) and time.monotonic() < deadline:
+                learned = learner.log_path.read_text().count('"msg":"learned"')
+                time.sleep(0.1)
+            assert learned == len(sent), learner.log_tail()
+        finally:
+            code = learner.stop()
+        assert code == 0, learner.log_tail()  # a clean exit, not killed by the signal
+        assert f"cart_abandonment: model version {len(sent)}" in learner.log_path.read_text()
+        deadline = time.monotonic() + 20
+        seen = 0.0
+        while seen != len(sent) and time.monotonic() < deadline:
+            seen = total(scrape(worker.url), "kairos_model_version", campaign="cart_abandonment")
+            time.sleep(0.3)
+        assert seen == len(sent)
+    decisions.close()
