@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import queue
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +33,7 @@ import orjson
 from confluent_kafka import Consumer, Producer
 
 from bench._measure_steps import percentile
-from bench._proc_stats import machine_ticks, process_cpu_s
+from bench._proc_stats import CpuMeter, machine_ticks
 from bench.report import machine_line, replace_section
 from engine.campaign import load_campaign
 from streams.demo import demo_settings
@@ -341,7 +342,8 @@ def run(
     next_sample = started + 10
     steal = StealMeter()
     next_steal = started + 1
-    cpu_before, cpu_at = process_cpu_s(pid) or 0.0, time.monotonic()
+    cpu = CpuMeter({"worker": pid})  # the worker process, all threads, per window
+    cpu.start()
     try:
         while sender.is_alive() or time.monotonic() < next_sample:
             with contextlib.suppress(queue.Empty):
@@ -360,9 +362,8 @@ def run(
             decisions += len(window)
             lines = scrape(worker.url)
             steal_pct, steal_max_pct = steal.window()
-            cpu_now, now = process_cpu_s(pid) or cpu_before, time.monotonic()
-            cpu_pct = 100.0 * (cpu_now - cpu_before) / max(now - cpu_at, 1e-9)
-            cpu_before, cpu_at = cpu_now, now
+            cpu_pct = cpu.stop().get("worker", 0.0)
+            cpu.start()
             samples.append(
                 Sample(
                     elapsed_s=time.monotonic() - started,
@@ -420,12 +421,6 @@ def _ms(value: float) -> str:
     return "-" if value != value else f"{value:.1f}"
 
 
-def _median(values: list[float]) -> float:
-    """The middle value (the upper one of an even count)."""
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2]
-
-
 def _finite(values: list[float]) -> list[float]:
     """The values that are numbers (a window without decisions of a kind is nan)."""
     return sorted(v for v in values if v == v)
@@ -474,12 +469,12 @@ def summary(samples: list[Sample], start_rss: float) -> list[str]:
         "removed by retention.",
         f"- **Memory.** RSS {start_rss:.0f} MiB at start, {max(rss):.0f} MiB at most, "
         f"{rss[-1]:.0f} MiB at the end.",
-        f"- **CPU.** The worker used {_median([s.cpu_pct for s in later]):.0f}% of one core in the "
+        f"- **CPU.** The worker used {statistics.median_high([s.cpu_pct for s in later]):.0f}% of one core in the "
         f"median window (max {max(s.cpu_pct for s in later):.0f}%).",
         f"- **Latency** (windows after the first, which includes start-up): p50 "
         f"{_span(p50, '{:.1f}')} ms; p99 of decisions on explicit events median "
-        f"{_ms(_median(explicit))} ms (max {_ms(explicit[-1])}), on the inactivity "
-        f"timer median {_ms(_median(timer))} ms (max {_ms(timer[-1])}); {over} of "
+        f"{_ms(statistics.median_high(explicit))} ms (max {_ms(explicit[-1])}), on the inactivity "
+        f"timer median {_ms(statistics.median_high(timer))} ms (max {_ms(timer[-1])}); {over} of "
         f"{len(later)} windows had a p99 over 50 ms.",
         stall_causes(samples),
         "- **Measured since 2026-12-07:** the decision reader and the event sender are processes "

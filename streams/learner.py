@@ -129,13 +129,14 @@ def run_learner(
                     runtime = runtimes.get(record.decision.campaign)
                     if recent.first_time(record.decision.decision_id) and runtime is not None:
                         runtime.learn(record)  # holdouts teach uplift baselines (engine.decide)
-                        log.debug(
-                            "learned",
-                            extra={
-                                "campaign": runtime.campaign.name,
-                                "version": runtime.bandit.version,
-                            },
-                        )
+                        if log.isEnabledFor(logging.DEBUG):  # per reward: only when asked
+                            log.debug(
+                                "learned",
+                                extra={
+                                    "campaign": runtime.campaign.name,
+                                    "version": runtime.bandit.version,
+                                },
+                            )
                 last_reward = time.monotonic()
             elif message is not None:
                 error = message.error()
