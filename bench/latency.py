@@ -96,6 +96,8 @@ class Run:
     """Everything one benchmark run measured."""
 
     started: datetime
+    #: Kairos worker processes in one group (--kairos-workers); the goal is stated for one.
+    kairos_workers: int = 1
     latency: list[StepResult] = field(default_factory=list)
     mixed: list[StepResult] = field(default_factory=list)
     #: The 2x goal's steps, bare loop and Kairos worker alternating (measure_paired).
@@ -142,6 +144,16 @@ class GcPauses:
                 elif sample.name.endswith("_sum"):
                     entry[1] = sample.value
         return {g: (c, t) for g, (c, t) in found.items()}
+
+    @classmethod
+    def scrape_all(cls, urls: list[str]) -> dict[str, tuple[float, float]]:
+        """{generation: (count, sum seconds)} added up over several workers' /metrics."""
+        total: dict[str, tuple[float, float]] = {}
+        for url in urls:
+            for generation, (count, seconds) in cls.scrape(url).items():
+                before = total.get(generation, (0.0, 0.0))
+                total[generation] = (before[0] + count, before[1] + seconds)
+        return total
 
     @classmethod
     def between(
@@ -259,8 +271,9 @@ def floor_running(
 @contextlib.contextmanager
 def kairos_running(
     base: Settings, run_dir: Path, prefix: str, args: argparse.Namespace, run: Run, runtime: str
-) -> Iterator[tuple[StepContext, WorkerProcess]]:
-    """A Kairos worker of `runtime` on topics and tables of its own, flowing; stopped after."""
+) -> Iterator[tuple[StepContext, list[WorkerProcess]]]:
+    """Kairos workers of `runtime` (--kairos-workers, one group) on topics and tables of their
+    own, flowing; stopped after. Yields the workers (not the learner), the first one first."""
     system = RUNTIME_SYSTEMS[runtime]
     settings = bench_settings(base, run_dir / runtime, f"{prefix}-{runtime}").model_copy(
         update={"runtime": runtime}
@@ -287,7 +300,6 @@ def kairos_running(
         processes.append(
             WorkerProcess(settings, run_dir / f"learner-{runtime}.log", command="learner").start()
         )
-    worker = processes[0]
     try:
         for process in processes[:workers]:
             process.wait_ready(120)
@@ -305,7 +317,7 @@ def kairos_running(
                 refresh_pids=args.refresh_pids,
                 gc_log=args.gc_log,
             ),
-            worker,
+            processes[:workers],
         )
     finally:
         for process in processes:
@@ -427,14 +439,16 @@ def measure_kairos(
     """Start a Kairos worker; trigger latency steps, then mixed-stream throughput steps."""
     system = RUNTIME_SYSTEMS[runtime]
     profile = args.profile and runtime == args.runtimes[0]
-    with kairos_running(base, run_dir, prefix, args, run, runtime) as (ctx, worker):
-        pid = worker.process.pid if worker.process else 0  # the first worker, for py-spy
+    with kairos_running(base, run_dir, prefix, args, run, runtime) as (ctx, workers):
+        first = workers[0]
+        pid = first.process.pid if first.process else 0  # py-spy samples the first worker only
+        urls = [w.url for w in workers]
         # Warm-up on the mixed stream: customers get state (carts, purchases) before the triggers.
         run_step(ctx, 1000, "mixed", 0.0, args.warmup_s * 2)
         for rate in args.rates:
             result = _with_gc(
                 run,
-                worker.url,
+                urls,
                 f"triggers {rate:g}/s",
                 partial(run_step, ctx, rate, "triggers", args.warmup_s, args.step_s),
             )
@@ -449,7 +463,7 @@ def measure_kairos(
             for rate in args.mixed_rates:
                 result = _with_gc(
                     run,
-                    worker.url,
+                    urls,
                     f"mixed {rate:g}/s linger {linger} ms",
                     partial(run_step, ctx, rate, "mixed", args.warmup_s, args.mixed_step_s, linger),
                 )
@@ -478,21 +492,24 @@ def measure_kairos(
                 sampler.wait(30)
                 run.profile = summarise(out, seconds)
                 run.profile_rate = rate
-        run.worker_log[system] = _log_signals(worker.log_path)
-        if worker.process is not None and worker.process.poll() is not None:
-            run.notes.append(f"worker exited early; log tail:\n{worker.log_tail()}")
+        run.worker_log[system] = _log_signals([w.log_path for w in workers])
+        for n, worker in enumerate(workers):
+            if worker.process is not None and worker.process.poll() is not None:
+                run.notes.append(f"worker {n} exited early; log tail:\n{worker.log_tail()}")
 
 
-def _with_gc(run: Run, url: str, label: str, step: Callable[[], StepResult]) -> StepResult:
-    """Run a step and record the worker's GC pauses during it (as far as /metrics answers)."""
+def _with_gc(run: Run, urls: list[str], label: str, step: Callable[[], StepResult]) -> StepResult:
+    """Run a step and record the workers' GC pauses during it, all workers added up (as far as
+    their /metrics answer)."""
     try:
-        before = GcPauses.scrape(url)
+        before = GcPauses.scrape_all(urls)
     except OSError:
         return step()
     started = time.monotonic()
     result = step()
     with contextlib.suppress(OSError):
-        run.gc[label] = GcPauses.between(before, GcPauses.scrape(url), time.monotonic() - started)
+        after = GcPauses.scrape_all(urls)
+        run.gc[label] = GcPauses.between(before, after, time.monotonic() - started)
     return result
 
 
@@ -552,13 +569,22 @@ LOG_SIGNALS = {
 }
 
 
-def _log_signals(path: Path) -> dict[str, int]:
-    """How often the worker logged the warnings that explain stalls."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return {}
-    return {label: text.count(needle) for needle, label in LOG_SIGNALS.items()}
+def _workers(run: Run) -> str:
+    """'one worker', or how many the run had (the goal is stated for one)."""
+    return "one worker" if run.kairos_workers == 1 else f"{run.kairos_workers} workers"
+
+
+def _log_signals(paths: list[Path]) -> dict[str, int]:
+    """How often the workers (all of them, added up) logged the warnings that explain stalls."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:  # an unreadable log counts nothing, as if absent
+            continue
+        for needle, label in LOG_SIGNALS.items():
+            counts[label] = counts.get(label, 0) + text.count(needle)
+    return counts
 
 
 def _settle(run: Run, system: str) -> None:
@@ -713,7 +739,8 @@ def render(run: Run, args: argparse.Namespace) -> str:
     if run.mixed:
         out += [
             "",
-            "### One worker, mixed stream (1 trigger in 5 events), offered rate stepped up",
+            f"### {_workers(run).capitalize()}, mixed stream (1 trigger in 5 events), "
+            "offered rate stepped up",
             "",
         ]
         out.append(
@@ -1289,7 +1316,7 @@ def _goals(run: Run) -> list[str]:
             )
             if n == 0:
                 lines.append(
-                    f"- highest sustained mixed rate of one worker ({system}, generator linger "
+                    f"- highest sustained mixed rate of {_workers(run)} ({system}, generator linger "
                     f"{linger} ms): **{best:,.0f} events/s**{limit} (goal ≥ {GOAL_MIXED:,}): "
                     f"{'met' if best >= GOAL_MIXED else '**missed**'}."
                 )
@@ -1420,7 +1447,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns a process exit code."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     base = Settings()
-    run = Run(started=datetime.now(UTC))
+    run = Run(started=datetime.now(UTC), kairos_workers=max(1, args.kairos_workers))
     run_dir = Path(tempfile.mkdtemp(prefix="kairos-bench-"))
     prefix = f"kairos-bench-{uuid.uuid4().hex[:8]}"
     settings = bench_settings(base, run_dir, prefix)

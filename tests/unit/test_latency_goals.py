@@ -52,6 +52,14 @@ def test_a_headline_series_below_the_goal_is_missed() -> None:
     run.mixed = [_step(3000, 5, True), _step(4000, 5, False)]
     (line,) = _goals(run)
     assert "**3,000 events/s**" in line and "**missed**" in line
+    assert "rate of one worker" in line
+
+
+def test_a_run_of_several_workers_says_how_many_ran() -> None:
+    run = Run(started=datetime(2026, 12, 2, tzinfo=UTC), kairos_workers=2)
+    run.mixed = [_step(5000, 5, True), _step(6000, 5, False)]
+    (line,) = _goals(run)
+    assert "rate of 2 workers (Kairos worker" in line and "one worker" not in line
 
 
 def _trigger_step(system: str, rate: float, round_: int, latencies: list[float]) -> StepResult:
