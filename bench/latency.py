@@ -47,6 +47,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from bench._backlog import BacklogResult, drain, fill
 from bench._broker_gc import gc_log_path
 from bench._kafka_floors import start_floor, stop_floor
+from bench._machine_speed import InProcessCost, measure_in_process
 from bench._measure_steps import (
     LagProbe,
     OutputReader,
@@ -98,6 +99,8 @@ class Run:
     started: datetime
     #: Kairos worker processes in one group (--kairos-workers); the goal is stated for one.
     kairos_workers: int = 1
+    #: The machine's speed at the start and the end of the run (bench/_machine_speed.py).
+    speed: dict[str, InProcessCost] = field(default_factory=dict)
     latency: list[StepResult] = field(default_factory=list)
     mixed: list[StepResult] = field(default_factory=list)
     #: The 2x goal's steps, bare loop and Kairos worker alternating (measure_paired).
@@ -720,6 +723,8 @@ def render(run: Run, args: argparse.Namespace) -> str:
         "campaigns with default settings and the decision is read from the action topic. "
         + _idle_text(args)
     )
+    if run.speed:
+        out += ["", _speed_text(run)]
     out += ["", "### Trigger-to-output latency (ms)", ""]
     out.append(
         "| system | offered/s | sent/s | measured | p50 | p95 | p99 | max | CPU system | CPU broker | CPU loadgen | CPU reader | CPU others | CPU stolen | machine |"
@@ -1483,6 +1488,7 @@ def main(argv: list[str] | None = None) -> int:
     args.cpu_latency_us = base.cpu_latency_us
     started = time.monotonic()
     try:
+        _measure_speed(base, run, "start")
         if args.broker_warmup_s > 0:
             print(f"warming the broker up for {args.broker_warmup_s:.0f} s", flush=True)
             measure_floor(
@@ -1504,6 +1510,7 @@ def main(argv: list[str] | None = None) -> int:
                 measure_kairos(base, run_dir, prefix, args, run, runtime)
         if args.backlog and args.only in ("backlog", "all"):
             measure_backlogs(base, run_dir, prefix, args, run)
+        _measure_speed(base, run, "end")
     finally:
         if whole_run is not None:
             whole_run.release()
@@ -1518,6 +1525,35 @@ def main(argv: list[str] | None = None) -> int:
         write_section(REPO / "BENCHMARKS.md", section)
         print(f"wrote {REPO / 'BENCHMARKS.md'}")
     return 0
+
+
+def _measure_speed(base: Settings, run: Run, when: str) -> None:
+    """Time the worker's processing in this process (no broker): the machine's speed now."""
+    cost = measure_in_process(base)
+    run.speed[when] = cost
+    print(f"machine speed ({when}): {_cost_text(cost)} (policy decided ", end="")
+    print(f"{cost.policy_share:.0%} of the triggers)", flush=True)
+
+
+def _cost_text(cost: InProcessCost) -> str:
+    """One probe's figures as words."""
+    return (
+        f"a trigger {cost.trigger_us:.0f} µs back to back and {cost.trigger_after_idle_us:.0f} µs "
+        f"after 1 ms idle, a mixed event {cost.mixed_us:.0f} µs"
+    )
+
+
+def _speed_text(run: Run) -> str:
+    """The report's line on the machine's speed during the run."""
+    if not run.speed:
+        return ""
+    parts = [f"at the {when}, {_cost_text(c)}" for when, c in run.speed.items()]
+    return (
+        "Machine speed (bench/_machine_speed.py: the worker's processing in the bench's process, "
+        "tables as dictionaries, no broker, CPU time per record; these VMs run the same code at "
+        "different speeds by the hour, and a record after an idle gap, as at 1,000 triggers/s, "
+        "costs more than back to back): " + "; ".join(parts) + "."
+    )
 
 
 def _local_broker(settings: Settings) -> bool:
