@@ -1050,6 +1050,32 @@ against 74 for the customer's state; a temporary patch that kept open decisions 
 against 59-74% of a core. Rounds of 37-86 ms came and went in both (per round 8.5-85.9 against
 9.6-52.1 ms) while the bare loop's pooled p99 stayed at 2.9-4.9 ms: in such an hour the worker's
 queue, not its tables, sets the tail.
+
+**Scheduling and spinning (2026-12-07 11:30-13:00, AMD EPYC, a slow hour; not the tables of
+record).** `perf sched` over 30 s of side-by-side rounds: the worker's main thread ran in busy
+stretches (from a wake-up to its next voluntary sleep) of p50 0.73 and p99 17.9 ms, the longest
+83 ms (70 ms of it running, preempted 64 times), against the bare loop's p99 of 0.33 ms; a
+temporary timing of the loop found every turn over 5 ms to be record handling (no timers,
+flushes, commits, snapshots or sweeps among them), at 0.3-3 ms of wall time a record: the
+worker time-sliced with the broker, load generator and reader on the 2 cores. Tried, not kept:
+real-time scheduling (`chrt -r 10`) for every thread of both systems starved the broker (bare
+loop p99 14-157 ms a round, Kairos 22-513 ms); for the two main threads only, Kairos's p50 rose
+to 4.2-5.7 ms against 2.4-3.7 and its p99 did not fall (22-30 ms). **Shipped off by default:
+`KAIROS_CONSUMER_SPIN_US`**: after a turn with records the worker polls without blocking for
+that long before it waits, so a record arriving soon finds its vCPU awake and its caches warm.
+With 500 µs, 8 alternating pairs of `--only paired --paired-rounds 3 --polling-rounds 0` on one
+broker: pooled Kairos p99 25.1, 22.4, 25.4, 247.2, 50.4, 16.4, 15.5 and 48.6 ms against 124.6,
+51.4, 29.2, 29.8, 135.1, 54.0, 174.5 and 36.9 ms without (lower in 6 of 8 pairs; per-round
+median 23.8 against 41.0 ms over 24 rounds each, a spun round lower than an unspun one with
+probability 0.65, Mann-Whitney p 0.09); ratio to the bare loop 2.4-59.7x against 6.2-33.8x, 2x
+in no run; the worker 74-81% of a core against 60-75%. One worker alone (`--only kairos --rates
+1000 --mixed-rates 4000 5000 6000`, 2+2 runs) it was no better: p99 at 1,000 triggers/s 16.3
+and 88.8 against 11.3 and 16.1 ms, 4,000 mixed events/s kept up once either way. Suggestive in
+the side-by-side, costly in CPU, and not the 2x: an option for a worker with a core to spare.
+Each run of the benchmark now times the worker's processing in process at its start and end
+(a "Machine speed" line, from the next run of record on; bench/_machine_speed.py): in this hour a trigger cost 175-298 µs back
+to back and 229-458 µs after 1 ms idle, as in the 2026-12-06 afternoon (186-194 µs back to
+back), while the side-by-side ratio was 2.4-60x: the speed of warm code did not set the hour.
 """
 
 

@@ -164,6 +164,16 @@ class Settings(BaseSettings):
         "per fetch, fewer requests for the broker and fewer wake-ups for the worker.",
     )
     consumer_fetch_max_wait_ms: int = Field(default=10, ge=0)
+    consumer_spin_us: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="rdkafka runtime: after a loop turn that handled records, poll without "
+        "blocking for this long before waiting for the next record, so a record arriving soon "
+        "after finds the worker on its CPU with warm caches instead of woken from a halted "
+        "vCPU. Costs CPU right after work only (an idle worker blocks at once). 0 = always "
+        "block: on 2 shared cores 500 µs gave no reliable gain (BENCHMARKS.md, Latency).",
+    )
     write_batch_ms: float = Field(
         default=2.0,
         ge=0,

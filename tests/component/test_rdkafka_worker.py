@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -343,3 +344,47 @@ def test_timers_fire_at_their_exact_due_time_and_their_decisions_leave_as_they_g
         store.close(changelog_offset=None)
     assert tables.unacked is not None
     tables.unacked.close()
+
+
+class _Consumer:
+    """Answers polls from a script: `None` or a record per poll, then `None`; records each wait."""
+
+    def __init__(self, answers: list[_Message | None]) -> None:
+        self.answers = list(answers)
+        self.waits: list[float] = []
+
+    def poll(self, timeout: float = 0) -> _Message | None:
+        self.waits.append(timeout)
+        return self.answers.pop(0) if self.answers else None
+
+
+def test_while_spinning_the_worker_polls_without_blocking_and_takes_a_record_that_comes(
+    tmp_path: Path,
+) -> None:
+    worker, _, p = _worker_on(tmp_path, write_batch_ms=2.0)
+    record = _event(worker, p, 0, "cart_abandoned")
+    consumer = _Consumer([None, None, record])
+    worker.consumer = consumer  # type: ignore[assignment]
+    # Within the spin: polls of 0 until the record comes; no blocking poll at all.
+    assert worker._poll(0.05, time.perf_counter() + 10.0) is record
+    assert consumer.waits == [0, 0, 0]
+
+
+def test_after_the_spin_the_worker_blocks_for_what_is_left_of_its_wait(tmp_path: Path) -> None:
+    worker, _, _ = _worker_on(tmp_path, write_batch_ms=2.0)
+    consumer = _Consumer([])
+    worker.consumer = consumer  # type: ignore[assignment]
+    # No spin (the default, or no turn just ended): one blocking poll of the whole wait.
+    assert worker._poll(0.05, 0.0) is None
+    assert consumer.waits == [0.05]
+    # A spin that runs out: the blocking poll waits only what is left, so timers stay due.
+    consumer.waits.clear()
+    spin_s = 0.002
+    assert worker._poll(0.05, time.perf_counter() + spin_s) is None
+    *spins, blocking = consumer.waits
+    assert spins and all(w == 0 for w in spins)
+    assert 0.05 - spin_s - 0.005 <= blocking <= 0.05 - spin_s + 1e-9
+    # A turn due at once (wait 0: timers or the sweep) never spins.
+    consumer.waits.clear()
+    assert worker._poll(0.0, time.perf_counter() + 10.0) is None
+    assert consumer.waits == [0.0]

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from bench._proc_stats import process_cpu_s
 from engine.state import EVENT_DIGEST_BYTES
 from streams.settings import Settings
 from streams.worker_process import WorkerProcess
@@ -156,3 +157,27 @@ def test_a_crashed_rdkafka_store_is_rebuilt_when_another_worker_wrote_its_change
         assert not [t for t in assigned["kept_after_crash"] if t.startswith("customers")], assigned
         assert assigned["changelog_records"] >= len(CUSTOMERS), assigned
         assert _states(back, 2) == after
+
+
+def test_a_spinning_rdkafka_worker_decides_each_trigger_once_and_idles_without_spinning(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """KAIROS_CONSUMER_SPIN_US: records still flow once each, and the spin ends when work does."""
+    s = settings.model_copy(update={"runtime": "rdkafka", "consumer_spin_us": 5_000})
+    decisions = TopicReader(s, s.topics.decisions)
+    with WorkerProcess(s, tmp_path / "worker-spin.log") as worker:
+        worker.wait_ready(90)
+        assert worker.process is not None
+        produce(
+            s, s.topics.events, [event(c, "cart_abandoned", cart_value=12.0) for c in CUSTOMERS]
+        )
+        decisions.until(partial(_at_least, len(CUSTOMERS)))
+        # Idle now: the worker must block again (a spin that never ended would use a whole core).
+        cpu_before, started = process_cpu_s(worker.process.pid), time.monotonic()
+        decisions.poll(2.0)
+        cpu_after, elapsed = process_cpu_s(worker.process.pid), time.monotonic() - started
+    ids = [d["decision_id"] for d in decisions.records]
+    decisions.close()
+    assert len(ids) == len(set(ids)) == len(CUSTOMERS)
+    assert cpu_before is not None and cpu_after is not None
+    assert (cpu_after - cpu_before) / elapsed < 0.3
