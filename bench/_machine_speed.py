@@ -21,7 +21,7 @@ import orjson
 from bench._paced_load import MIXED, make_event
 from engine.clock import ManualClock
 from streams.campaign_files import resolve_campaigns
-from streams.processor import Processor, Result
+from streams.processor import MemoryRows, Processor
 from streams.settings import Settings
 
 #: A fixed start for the simulated clock (the events' own times follow it).
@@ -43,36 +43,9 @@ class InProcessCost:
     policy_share: float
 
 
-class _DictRows:
-    """The customer tables as dictionaries, updated from each result as the worker writes them."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, bytes] = {}
-        self.pendings: dict[str, bytes] = {}
-
-    def state(self, customer_id: str) -> bytes | None:
-        return self.states.get(customer_id)
-
-    def pending(self, customer_id: str) -> bytes | None:
-        return self.pendings.get(customer_id)
-
-    def save(self, result: Result) -> None:
-        customer = result.customer_id
-        if customer is None:
-            return
-        if result.expired:
-            self.states.pop(customer, None)
-            self.pendings.pop(customer, None)
-            return
-        if result.state is not None:
-            self.states[customer] = result.state
-        if result.pending is not None:
-            self.pendings[customer] = result.pending
-
-
 def _cpu_per_record(
     processor: Processor,
-    rows: _DictRows,
+    rows: MemoryRows,
     clock: ManualClock,
     kinds: list[str],
     customers: int,
@@ -122,7 +95,7 @@ def measure_in_process(
     """
     clock = ManualClock(START)
     processor = Processor(settings, resolve_campaigns(settings.campaigns), clock)
-    rows = _DictRows()
+    rows = MemoryRows()
     rng = random.Random(7)
     kinds = [kind for kind, _ in MIXED]
     mixed = rng.choices(kinds, weights=[weight for _, weight in MIXED], k=records)

@@ -160,6 +160,36 @@ class CustomerRows(Protocol):
         ...
 
 
+class MemoryRows:
+    """The customer tables as dictionaries, updated from each result as a worker writes them: the
+    processor without a store, for the latency bench's machine-speed probe and the tests."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, bytes] = {}
+        self.pendings: dict[str, bytes] = {}
+
+    def state(self, customer_id: str) -> bytes | None:
+        """The encoded customer state, or None."""
+        return self.states.get(customer_id)
+
+    def pending(self, customer_id: str) -> bytes | None:
+        """The encoded pending decisions, or None."""
+        return self.pendings.get(customer_id)
+
+    def save(self, result: Result) -> Result:
+        """Apply a result's rows (or its expiry) as the worker would; returns the result."""
+        customer = result.customer_id
+        if customer is not None and result.expired:
+            self.states.pop(customer, None)
+            self.pendings.pop(customer, None)
+        elif customer is not None:
+            if result.state is not None:
+                self.states[customer] = result.state
+            if result.pending is not None:
+                self.pendings[customer] = result.pending
+        return result
+
+
 class Processor:
     """Turns events, outcomes and timer ticks into state updates, decisions and rewards."""
 

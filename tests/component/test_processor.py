@@ -17,36 +17,15 @@ from engine.clock import ManualClock
 from engine.state import ALL_CHANNELS, CONVERTED
 from schemas.codec import decode_decision, decode_reward, encode
 from streams.dead_letters import original_bytes
-from streams.processor import Processor, Result, decode_state_row
+from streams.processor import MemoryRows, Processor, Result, decode_state_row
 from streams.settings import Settings
 from streams.timer_index import KEEP, TimerIndex
 
 START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
-class Rows:
-    """Tables as dictionaries, updated from each Result the way the Faust agent does."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, bytes] = {}
-        self.pendings: dict[str, bytes] = {}
-
-    def state(self, customer_id: str) -> bytes | None:
-        return self.states.get(customer_id)
-
-    def pending(self, customer_id: str) -> bytes | None:
-        return self.pendings.get(customer_id)
-
-    def save(self, result: Result) -> Result:
-        if result.customer_id is not None and result.expired:
-            self.states.pop(result.customer_id, None)
-            self.pendings.pop(result.customer_id, None)
-        elif result.customer_id is not None:
-            if result.state is not None:
-                self.states[result.customer_id] = result.state
-            if result.pending is not None:
-                self.pendings[result.customer_id] = result.pending
-        return result
+class Rows(MemoryRows):
+    """Tables as dictionaries, updated from each Result the way the workers do."""
 
 
 @pytest.fixture
