@@ -1557,8 +1557,11 @@ def _measure_speed(base: Settings, run: Run, when: str) -> None:
     """Time the worker's processing in this process (no broker): the machine's speed now."""
     cost = measure_in_process(base)
     run.speed[when] = cost
-    print(f"machine speed ({when}): {_cost_text(cost)} (policy decided ", end="")
-    print(f"{cost.policy_share:.0%} of the triggers)", flush=True)
+    print(
+        f"machine speed ({when}): {_cost_text(cost)} "
+        f"(policy decided {cost.policy_share:.0%} of the triggers)",
+        flush=True,
+    )
 
 
 def _cost_text(cost: InProcessCost) -> str:
@@ -1570,9 +1573,7 @@ def _cost_text(cost: InProcessCost) -> str:
 
 
 def _speed_text(run: Run) -> str:
-    """The report's line on the machine's speed during the run."""
-    if not run.speed:
-        return ""
+    """The report's line on the machine's speed during the run (render asks when it has one)."""
     parts = [f"at the {when}, {_cost_text(c)}" for when, c in run.speed.items()]
     return (
         "Machine speed (bench/_machine_speed.py: the worker's processing in the bench's process, "

@@ -475,7 +475,8 @@ class RdkafkaWorker:
                         self._flush_if_due()  # bounds how long a turn's first decision waits
                         self._handle(more)
                     self._flush()
-                    spin_until = time.perf_counter() + self._spin_s
+                    if self._spin_s:
+                        spin_until = time.perf_counter() + self._spin_s
                 if self._callback_error is not None:
                     raise WorkerFailedError(f"rebalance failed: {self._callback_error!r}")
                 self._serve_producers()
@@ -517,8 +518,8 @@ class RdkafkaWorker:
         so timers stay due.
         """
         assert self.consumer is not None
-        spun_from = time.perf_counter()
-        if wait > 0 and spun_from < spin_until:
+        if wait > 0 and spin_until:  # spin_until stays 0 with spinning off: no clock read
+            spun_from = time.perf_counter()
             while time.perf_counter() < spin_until:
                 message = self.consumer.poll(0)
                 if message is not None:
