@@ -60,6 +60,7 @@ def run_faust(settings: Settings, source: str, sink: str, app_id: str) -> None:
     s = settings
     # The Kairos worker's Faust settings (streams.app.faust_options) on a plain faust.App (stock
     # aiokafka transport and loop), with linger 0 as the lowest-latency floor.
+    s.data_dir.mkdir(parents=True, exist_ok=True)  # as KairosApp does: Faust makes no parents
     app = faust.App(app_id, **{**faust_options(s), "producer_linger": 0.0})
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     inbound = app.topic(source, partitions=s.partitions, **raw)

@@ -525,7 +525,6 @@ def measure_backlogs(
         *((f"kairos-{runtime}", RUNTIME_SYSTEMS[runtime]) for runtime in args.runtimes),
     ):
         sub = f"{prefix}-bl-{kind}"
-        (run_dir / f"backlog-{kind}").mkdir(parents=True, exist_ok=True)  # Faust needs the parent
         settings = bench_settings(base, run_dir / f"backlog-{kind}", sub)
         if kind.startswith("kairos-"):
             settings = settings.model_copy(update={"runtime": kind.removeprefix("kairos-")})

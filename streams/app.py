@@ -131,6 +131,9 @@ class KairosApp:
 
     def _build_faust_app(self) -> faust.App:
         s = self.settings
+        # Faust makes its data directory without parents and fails on a nested new path (a
+        # fresh KAIROS_DATA_DIR); the rdkafka runtime makes its own with parents: so here too.
+        s.data_dir.mkdir(parents=True, exist_ok=True)
         app = _FaustApp(s.app_id, broker_credentials=_credentials(s), **faust_options(s))
         # Non-transactional sends through librdkafka (streams/rdkafka_producer.py), or aiokafka.
         use_rdkafka = s.producer_client == "librdkafka" and s.processing_guarantee != "exactly_once"

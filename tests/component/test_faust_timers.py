@@ -1,4 +1,4 @@
-"""The Faust runtime's timer task: how long it sleeps between due times (no broker needed)."""
+"""The Faust runtime's timer task and data directory (no broker needed)."""
 
 from __future__ import annotations
 
@@ -42,3 +42,10 @@ def test_the_timer_task_sleeps_a_tick_while_nothing_may_fire(tmp_path: Path) -> 
     assert kairos.timer_wait(TICK) == TICK  # due times already past must not spin the task
     kairos.app.rebalancing = False
     assert kairos.timer_wait(TICK) == 0.0
+
+
+def test_a_new_nested_data_directory_is_made_before_faust_starts(tmp_path: Path) -> None:
+    data_dir = tmp_path / "not" / "there" / "yet"
+    kairos = KairosApp(Settings(data_dir=data_dir), [builtin_campaign("cart_abandonment")])
+    kairos.app._create_directories()  # what Faust's first start does; it makes no parents
+    assert Path(kairos.app.conf.tabledir).is_dir()
