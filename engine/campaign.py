@@ -9,6 +9,7 @@ unknown keys are errors too, so that a typo cannot pass silently.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import operator
@@ -20,9 +21,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from engine.features import feature_names
 from engine.models import MODEL_NAMES
 from engine.policies import POLICY_KINDS, ExplorationConfig
 from engine.state import MAX_SENT, SENT_RETENTION_S
+from engine.triggers import TRIGGER_TYPES
 from schemas import records
 
 __all__ = [
@@ -381,6 +384,16 @@ def parse_rule(text: str, path: str = "rule") -> Rule:
     return Rule(match["feature"], match["op"], value)
 
 
+def _known_feature(rule: Rule, path: str) -> Rule:
+    """The rule, if its feature is one the engine computes (a misspelt one would read 0 always)."""
+    name = rule.feature
+    if name in feature_names() or (name.startswith("category_") and name != "category_"):
+        return rule
+    close = difflib.get_close_matches(name, sorted(feature_names()), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else " (see docs/ENGINE_API.md, features)"
+    raise CampaignError(path, f"{name!r} is not a feature{hint}")
+
+
 class _Table:
     """A TOML table being consumed: typed getters that name the field, and a check for leftovers."""
 
@@ -507,6 +520,11 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
     description = top.string("description", default="")
     salt = top.string("salt")
     triggers = top.strings("triggers", pattern=_NAME_RE)
+    for i, trigger in enumerate(triggers):
+        if trigger not in TRIGGER_TYPES:  # a misspelt trigger would never fire: refuse it
+            raise CampaignError(
+                f"triggers[{i}]", f"{trigger!r} is not a trigger; one of {', '.join(TRIGGER_TYPES)}"
+            )
     objective = top.string("objective", default="reward")
     if objective not in OBJECTIVES:
         raise CampaignError("objective", f"{objective!r} must be one of {', '.join(OBJECTIVES)}")
@@ -599,7 +617,9 @@ def _parse_actions(
         pattern = _parse_pattern(match_table, dims)
         eligible = rule_table.strings("eligible")
         rules = [
-            parse_rule(text, f"{rule_table.at('eligible')}[{i}]") for i, text in enumerate(eligible)
+            _known_feature(parse_rule(text, path), path)
+            for i, text in enumerate(eligible)
+            for path in (f"{rule_table.at('eligible')}[{i}]",)
         ]
         rule_table.done()
         hits = [i for i, combo in enumerate(combos) if _matches(pattern, combo)]

@@ -27,10 +27,9 @@ from engine.state import (
     Engagement,
     loyalty_tier,
 )
+from engine.triggers import TRIGGER_TYPES  # each has a one-hot feature; others: trigger_other
 from schemas.records import Trigger
 
-#: Trigger types with a one-hot feature (anything else sets trigger_other).
-TRIGGER_TYPES: Final[tuple[str, ...]] = ("cart_abandoned", "first_purchase", "lapse", "purchase")
 #: Channels with engagement-rate features.
 MESSAGE_CHANNELS: Final[tuple[str, ...]] = ("email", "sms", "push")
 #: Categories with an affinity-share feature (the strongest first).
@@ -259,6 +258,24 @@ def features(state: CustomerState, trigger: Trigger, now: datetime) -> dict[str,
         if not -limit <= v <= limit:
             out[key] = 0.0 if v != v else math.copysign(limit, v)
     return out
+
+
+@lru_cache(maxsize=1)
+def feature_names() -> frozenset[str]:
+    """Every feature name `features()` sets, but the per-category `category_<name>` shares.
+
+    What a campaign's eligibility rules may name: a rule on any other name would read 0 forever.
+    """
+    epoch = datetime(2026, 1, 1, tzinfo=ZoneInfo("UTC"))
+    trigger = Trigger(
+        trigger_id="",
+        customer_id="",
+        type=TRIGGER_TYPES[0],
+        ts=epoch,
+        source_event_id="",
+        explicit=True,
+    )
+    return frozenset(features(CustomerState(), trigger, epoch))
 
 
 def model_view(feats: dict[str, float]) -> dict[str, float]:

@@ -21,6 +21,8 @@ CART_ABANDONED: Final[str] = "cart_abandoned"
 FIRST_PURCHASE: Final[str] = "first_purchase"
 PURCHASE: Final[str] = "purchase"
 LAPSE: Final[str] = "lapse"
+#: Every trigger type this module makes: what a campaign's `triggers` may name.
+TRIGGER_TYPES: Final[tuple[str, ...]] = (CART_ABANDONED, FIRST_PURCHASE, LAPSE, PURCHASE)
 #: Timer kinds this module arms (each is also the type of the trigger it fires).
 TIMER_KINDS: Final[tuple[str, ...]] = (CART_ABANDONED, LAPSE)
 #: Event types that keep a cart alive (arm or push the abandonment timer).

@@ -6,16 +6,19 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from streams.settings import Settings
 
+if TYPE_CHECKING:
+    from engine.campaign import Campaign
+
 app = typer.Typer(
     name="kairos",
-    help="Kairos: a streaming real-time decision engine (Kafka + Faust + online contextual bandits).",
+    help="Kairos: a streaming real-time decision engine (Kafka + online contextual bandits).",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -43,6 +46,17 @@ def _settings(**overrides: object) -> Settings:
         for error in exc.errors():
             where = "__".join(str(part) for part in error["loc"]).upper()
             typer.echo(f"invalid setting KAIROS_{where}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _campaigns(references: list[str]) -> list[Campaign]:
+    """Load the campaigns, or end the command with one line naming the bad one and exit code 2."""
+    from streams.campaign_files import resolve_campaigns
+
+    try:
+        return resolve_campaigns(references)
+    except (ValueError, OSError) as exc:  # CampaignError, a missing file, repeated names
+        err.print(f"[red]invalid campaign:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -76,6 +90,7 @@ def worker(
         log_level=log_level,
         runtime=runtime,
     )
+    _campaigns(settings.campaigns)  # a bad campaign is one line here, not a worker's traceback
     run_worker(settings)
 
 
@@ -90,17 +105,17 @@ def learner(
     ] = None,
 ) -> None:
     """Learn from the rewards topic and publish model snapshots (for KAIROS_LEARNING=remote workers)."""
-    from streams.campaign_files import resolve_campaigns
     from streams.learner import run_learner
     from streams.logs import configure_logging
 
     settings = _settings(campaigns=campaign or None)
+    campaigns = _campaigns(settings.campaigns)
     configure_logging(settings.log_level)
     # SIGTERM (how process managers stop it) ends the loop like Ctrl-C: the learning since the
     # last snapshot is published and committed instead of replayed by the next learner.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    versions = run_learner(settings, resolve_campaigns(settings.campaigns), max_idle, stop)
+    versions = run_learner(settings, campaigns, max_idle, stop)
     for name, version in versions.items():
         console.print(f"{name}: model version {version}")
 
@@ -130,14 +145,21 @@ def learn(
 
 @app.command()
 def topics(
-    create: Annotated[bool, typer.Option("--create/--list", help="Create missing topics.")] = True,
+    create: Annotated[
+        bool, typer.Option("--create/--list", help="Create missing topics, or only list them.")
+    ] = True,
 ) -> None:
     """Create Kairos' topics with their configured partition counts (idempotent) and list them."""
-    from streams.topics import ensure_topics
+    from streams.topics import ensure_topics, existing_topics
 
-    counts = ensure_topics(_settings())
+    settings = _settings()
+    try:
+        counts = ensure_topics(settings) if create else existing_topics(settings)
+    except RuntimeError as exc:  # a partition count that disagrees, a broker that does not answer
+        err.print(f"[red]topics:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
     for name, partitions in counts.items():
-        console.print(f"{name}\t{partitions} partitions")
+        console.print(f"{name}\t{'missing' if partitions is None else f'{partitions} partitions'}")
 
 
 @app.command()
@@ -188,15 +210,8 @@ def campaigns(
         list[str] | None, typer.Argument(help="Campaign files, directories or builtin:<name>.")
     ] = None,
 ) -> None:
-    """Validate campaign files and show their actions, guardrails and reward definition."""
-    from streams.campaign_files import resolve_campaigns
-
-    refs = path or _settings().campaigns
-    try:
-        loaded = resolve_campaigns(refs)
-    except Exception as exc:  # a bad campaign is reported, not a traceback
-        err.print(f"[red]invalid campaign:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    """Validate campaign files: one line each (name, triggers, actions, objective), or the error."""
+    loaded = _campaigns(path or _settings().campaigns)
     for c in loaded:
         console.print(
             f"[bold]{c.name}[/bold] triggers={list(c.triggers)} actions={len(c.actions)} "

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer
 from rich.console import Console
+from rich.markup import escape
 
 from streams.settings import Settings
 from streams.topics import consumer_config
@@ -21,6 +22,11 @@ def topic_for(settings: Settings, name: str) -> str:
     return str(aliases.get(name, name))
 
 
+def _text(value: object) -> str:
+    """A record's value as literal text in rich markup: `[red]` in a customer id stays text."""
+    return escape(str(value))
+
+
 def describe_decision(record: dict[str, Any]) -> str:
     """One line per decision: who, why, what was chosen, with what probability, how fast."""
     flags = []
@@ -29,11 +35,13 @@ def describe_decision(record: dict[str, Any]) -> str:
     if record.get("explore"):
         flags.append("explore")
     latency_ms = _latency_ms(record.get("trigger_ts"), record.get("decided_ts"))
+    propensity = record.get("propensity")
     return (
-        f"[cyan]{record.get('customer_id')}[/cyan] {record.get('trigger_type')} -> "
-        f"[bold]{record.get('campaign')}[/bold]: [green]{record.get('action_id')}[/green] "
-        f"p={record.get('propensity', 0):.3f} v{record.get('model_version')} "
-        f"{latency_ms:.1f} ms {' '.join(flags)}".rstrip()
+        f"[cyan]{_text(record.get('customer_id'))}[/cyan] {_text(record.get('trigger_type'))} -> "
+        f"[bold]{_text(record.get('campaign'))}[/bold]: "
+        f"[green]{_text(record.get('action_id'))}[/green] "
+        f"p={propensity if isinstance(propensity, float | int) else float('nan'):.3f} "
+        f"v{_text(record.get('model_version'))} {latency_ms:.1f} ms {' '.join(flags)}".rstrip()
     )
 
 
@@ -42,16 +50,17 @@ def describe_reward(record: dict[str, Any]) -> str:
     decision = record.get("decision", {})
     how = "expired" if record.get("expired") else ",".join(record.get("outcome_types", []))
     return (
-        f"[cyan]{decision.get('customer_id')}[/cyan] {decision.get('campaign')}:"
-        f"{decision.get('action_id')} reward={record.get('reward')} ({how})"
+        f"[cyan]{_text(decision.get('customer_id'))}[/cyan] {_text(decision.get('campaign'))}:"
+        f"{_text(decision.get('action_id'))} reward={_text(record.get('reward'))} ({_text(how)})"
     )
 
 
 def describe_dead_letter(record: dict[str, Any]) -> str:
     """One line per dead letter: where it came from and why it was refused."""
     return (
-        f"[red]{record.get('reason')}[/red] {record.get('topic')}[{record.get('partition')}]"
-        f"@{record.get('offset')}: {record.get('detail')}"
+        f"[red]{_text(record.get('reason'))}[/red] {_text(record.get('topic'))}"
+        f"{_text([record.get('partition')])}@{_text(record.get('offset'))}: "
+        f"{_text(record.get('detail'))}"
     )
 
 
@@ -94,12 +103,17 @@ def tail_topic(
             value = message.value() or b""
             shown += 1
             if raw or describe is None:
-                console.print(value.decode(errors="replace"), markup=False, highlight=False)
+                _print_line(console, value.decode(errors="replace"))
                 continue
             try:
-                console.print(describe(orjson.loads(value)))
+                record = orjson.loads(value)
+                line = describe(record) if isinstance(record, dict) else None
             except orjson.JSONDecodeError:
-                console.print(value.decode(errors="replace"), markup=False)
+                line = None
+            if line is None:
+                _print_line(console, value.decode(errors="replace"))
+            else:
+                console.print(line, emoji=False)
     except KeyboardInterrupt:
         pass
     finally:
@@ -107,11 +121,20 @@ def tail_topic(
     return shown
 
 
+def _print_line(console: Console, text: str) -> None:
+    """A record as it is, one line, unwrapped and unstyled: what `--json` promises to a pipe."""
+    console.file.write(text + "\n")
+    console.file.flush()
+
+
 def _latency_ms(trigger_ts: str | None, decided_ts: str | None) -> float:
     from datetime import datetime
 
-    if not trigger_ts or not decided_ts:
+    if not isinstance(trigger_ts, str) or not isinstance(decided_ts, str):
         return float("nan")
-    start = datetime.fromisoformat(trigger_ts)
-    end = datetime.fromisoformat(decided_ts)
-    return (end - start).total_seconds() * 1000.0
+    try:
+        return (
+            datetime.fromisoformat(decided_ts) - datetime.fromisoformat(trigger_ts)
+        ).total_seconds() * 1000.0
+    except (ValueError, TypeError):  # not ISO times, or one aware and one naive
+        return float("nan")

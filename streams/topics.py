@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,22 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+def existing_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int | None]:
+    """Each of Kairos' topics with its partition count on the broker, None if absent (creates none)."""
+    admin = AdminClient(settings.confluent_config())
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise RuntimeError(
+            f"no answer from {settings.kafka_bootstrap} within {timeout_s:g} s: {exc}"
+        ) from None
+    counts: dict[str, int | None] = {}
+    for spec in topic_specs(settings):
+        found = metadata.topics.get(spec.name)
+        counts[spec.name] = None if found is None or found.error else len(found.partitions)
+    return counts
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
     """Create missing topics with their partition counts; return each topic's actual partition count.
 
@@ -98,6 +115,11 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
     for topic, future in admin.create_topics(new, operation_timeout=timeout_s).items():
         try:
             future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise RuntimeError(
+                f"could not create topic {topic}: no answer from {settings.kafka_bootstrap} "
+                f"within {timeout_s:g} s (is the broker running?)"
+            ) from None
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:

@@ -144,6 +144,7 @@ def _delete(data: dict[str, Any], dotted: str) -> None:
         ("name", "Has Spaces", "name: "),
         ("salt", "", "salt: must be a non-empty string"),
         ("triggers", [], "triggers: must be a non-empty list of strings"),
+        ("triggers", ["cart_abandon"], "triggers[0]: 'cart_abandon' is not a trigger; one of"),
         ("objective", "profit", "objective: 'profit' must be one of reward, uplift"),
         ("actions.dimensions.channel", [], "actions.dimensions.channel: must be a non-empty list"),
         ("actions.dimensions.channel", "email", "actions.dimensions.channel: must be a non-empty"),
@@ -165,6 +166,16 @@ def _delete(data: dict[str, Any], dotted: str) -> None:
             "actions.rules",
             [{"match": {"offer": "discount_10"}, "eligible": ["cart_value => 20"]}],
             "actions.rules[0].eligible[0]: 'cart_value => 20' is not a rule",
+        ),
+        (
+            "actions.rules",
+            [{"match": {"offer": "discount_10"}, "eligible": ["cart_valu >= 20"]}],
+            "actions.rules[0].eligible[0]: 'cart_valu' is not a feature; did you mean 'cart_value'?",
+        ),
+        (
+            "actions.rules",
+            [{"match": {"offer": "discount_10"}, "eligible": ["category_ > 0"]}],
+            "actions.rules[0].eligible[0]: 'category_' is not a feature",
         ),
         (
             "actions.rules",
@@ -379,3 +390,14 @@ def test_model_scale_names_each_message_a_feature_of_its_channel() -> None:
     data["model"] = "ridge"
     with pytest.raises(CampaignError, match="model_scale: needs"):
         parse_campaign(data)
+
+
+def test_rules_may_name_any_feature_the_engine_computes_and_any_category_share() -> None:
+    data = base()
+    data["actions"]["rules"] = [
+        {"match": {"offer": "discount_10"}, "eligible": ["category_shoes >= 0.5", "tenure > 0"]}
+    ]
+    campaign = parse_campaign(data)
+    action = campaign.action("email:discount_10:default:now")
+    assert action.eligible({"category_shoes": 0.6, "tenure": 1.0})
+    assert not action.eligible({"category_shoes": 0.4, "tenure": 1.0})
