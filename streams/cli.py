@@ -38,14 +38,30 @@ def _settings(**overrides: object) -> Settings:
 
     Invalid settings end the command with one line per problem and exit code 2, not a traceback.
     """
+    import os
+    import tomllib
+
     from pydantic import ValidationError
 
+    from streams.settings import CONFIG_FILE_ENV, unknown_variables
+
+    for variable, close in unknown_variables(os.environ):  # a typo would otherwise do nothing
+        hint = f" (did you mean {close}?)" if close else ""
+        typer.echo(f"warning: {variable} is not a Kairos setting, ignored{hint}", err=True)
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
         for error in exc.errors():
             where = "__".join(str(part) for part in error["loc"]).upper()
-            typer.echo(f"invalid setting KAIROS_{where}: {error['msg']}", err=True)
+            # A check across several settings names none of them (its message does).
+            name = f"setting KAIROS_{where}" if where else "settings"
+            typer.echo(f"invalid {name}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
+    except FileNotFoundError as exc:  # KAIROS_CONFIG names no file
+        typer.echo(f"invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except tomllib.TOMLDecodeError as exc:
+        typer.echo(f"invalid settings: {CONFIG_FILE_ENV} is not valid TOML: {exc}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -90,8 +106,15 @@ def worker(
         log_level=log_level,
         runtime=runtime,
     )
+    from streams.topics import TopicSetupError
+    from streams.web_server import WebPortError
+
     _campaigns(settings.campaigns)  # a bad campaign is one line here, not a worker's traceback
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except (WebPortError, TopicSetupError) as exc:  # start-up problems of the setup, not bugs
+        err.print(f"[red]worker:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -150,12 +173,12 @@ def topics(
     ] = True,
 ) -> None:
     """Create Kairos' topics with their configured partition counts (idempotent) and list them."""
-    from streams.topics import ensure_topics, existing_topics
+    from streams.topics import TopicSetupError, ensure_topics, existing_topics
 
     settings = _settings()
     try:
         counts = ensure_topics(settings) if create else existing_topics(settings)
-    except RuntimeError as exc:  # a partition count that disagrees, a broker that does not answer
+    except TopicSetupError as exc:  # a partition count that disagrees, no broker answering
         err.print(f"[red]topics:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
     for name, partitions in counts.items():
@@ -178,9 +201,13 @@ def tail(
     raw: Annotated[bool, typer.Option("--json", help="Print raw JSON lines.")] = False,
 ) -> None:
     """Print a Kairos topic for people (the action topic by default)."""
-    from streams.tail import tail_topic
+    from streams.tail import TailError, tail_topic
 
-    tail_topic(_settings(), topic, from_beginning, max_records, idle_timeout, raw, console)
+    try:
+        tail_topic(_settings(), topic, from_beginning, max_records, idle_timeout, raw, console)
+    except TailError as exc:
+        err.print(f"[red]tail:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 @app.command()

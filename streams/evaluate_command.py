@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine.bandit import ContextualBandit
@@ -171,8 +172,15 @@ def run_evaluate(
     timeout_s: float = 10.0,
 ) -> int:
     """The command: load records, build the candidate, estimate, print and write the report."""
-    records = load_records(settings, source, timeout_s)
+    try:
+        records = load_records(settings, source, timeout_s)
+    except (OSError, ValueError) as exc:  # a missing or malformed export file
+        console.print(f"[red]cannot read the rewards log:[/red] {escape(str(exc))}")
+        return 2
     names = sorted({r.decision.campaign for r in records})
+    if not records:
+        console.print("[red]the rewards log holds no reward records[/red]")
+        return 2
     if campaign_name is None:
         if len(names) != 1:
             console.print(f"[red]give --campaign: the log has {names or 'no campaigns'}[/red]")
@@ -192,8 +200,19 @@ def run_evaluate(
             "(KAIROS_CAMPAIGNS); give --candidate FILE[/red]"
         )
         return 2
-    base = logged if logged is not None else load_campaign(candidate_file)  # type: ignore[arg-type]
-    snapshot = snapshot_file.read_bytes() if snapshot_file is not None else None
+    try:
+        candidate_campaign = load_campaign(candidate_file) if candidate_file is not None else None
+        snapshot = snapshot_file.read_bytes() if snapshot_file is not None else None
+    except (OSError, ValueError) as exc:  # a missing file, an invalid candidate campaign
+        console.print(f"[red]cannot evaluate:[/red] {escape(str(exc))}")
+        return 2
+    if candidate_campaign is not None and candidate_campaign.name != campaign_name:
+        console.print(
+            f"[yellow]note:[/yellow] candidate campaign {candidate_campaign.name!r} is evaluated "
+            f"on the log of campaign {campaign_name!r}"
+        )
+    base = logged if logged is not None else candidate_campaign
+    assert base is not None  # one of the two, checked above
     if snapshot is None:
         if not 0.0 < train_share < 1.0:
             console.print("[red]--train-share must be in (0, 1) without a snapshot[/red]")

@@ -185,10 +185,18 @@ def write_parquet(rows: list[tuple[RewardRecord, bytes]], path: Path) -> None:
     pq.write_table(table, path)
 
 
+#: Suffixes `kairos export` writes: Parquet, or JSON lines under their usual names (or none).
+EXPORT_SUFFIXES = ("", ".parquet", ".jsonl", ".ndjson", ".json")
+
+
 def export_rewards(
     settings: Settings, output: Path, campaign: str | None = None, timeout_s: float = 10.0
 ) -> ExportSummary:
-    """Export the rewards topic to `output` (.parquet -> Parquet, anything else -> JSON lines)."""
+    """Export the rewards topic to `output`: .parquet -> Parquet, .jsonl (or no suffix) -> JSON lines."""
+    if output.suffix not in EXPORT_SUFFIXES:  # e.g. .csv: say so rather than write JSON lines
+        raise ValueError(
+            f"{output}: write .parquet or .jsonl ({', '.join(s for s in EXPORT_SUFFIXES if s)})"
+        )
     rows, skipped = read_rewards(settings, campaign, timeout_s)
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".parquet":
@@ -210,6 +218,9 @@ def run_export(
     """The command: export, print what was written, return the exit code."""
     try:
         summary = export_rewards(settings, output, campaign, timeout_s)
+    except ValueError as exc:  # an output format it does not write
+        console.print(f"[red]export:[/red] {exc}")
+        return 2
     except (RuntimeError, TimeoutError, KafkaException) as exc:
         console.print(f"[red]export failed:[/red] {exc}")
         return 1

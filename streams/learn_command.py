@@ -17,6 +17,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from engine.decide import CampaignRuntime
@@ -38,7 +39,11 @@ def run_learn(
     """Learn the log, then publish the snapshots (or write them under `output`); an exit code."""
     campaigns = resolve_campaigns(settings.campaigns)
     runtimes = {c.name: CampaignRuntime.from_campaign(c) for c in campaigns}
-    records = sorted(load_records(settings, source, timeout_s), key=lambda r: r.joined_ts)
+    try:
+        records = sorted(load_records(settings, source, timeout_s), key=lambda r: r.joined_ts)
+    except (OSError, ValueError) as exc:  # a missing or malformed export file
+        console.print(f"[red]cannot read the rewards log:[/red] {escape(str(exc))}")
+        return 2
     learned = dict.fromkeys(runtimes, 0)
     skipped: dict[str, int] = {}
     for record in records:

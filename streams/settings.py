@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -297,6 +299,37 @@ class Settings(BaseSettings):
         if self.security.ssl_keyfile:
             config["ssl.key.location"] = str(self.security.ssl_keyfile)
         return config
+
+
+#: KAIROS_* variables that are not settings: read by deploy/kafka/kafka.sh, or naming the file.
+NON_SETTING_VARIABLES = frozenset(
+    {
+        CONFIG_FILE_ENV,
+        "KAIROS_KAFKA_CACHE",
+        "KAIROS_KAFKA_GC",
+        "KAIROS_KAFKA_HEAP",
+        "KAIROS_KAFKA_PROPERTIES",
+        "KAIROS_KAFKA_RUN_DIR",
+    }
+)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """KAIROS_* variables that set nothing (a misspelt name is silently ignored otherwise), each
+    with the closest setting's variable name, if any is close."""
+    names = {f"KAIROS_{field.upper()}" for field in Settings.model_fields}
+    unknown = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith("KAIROS_") or upper in NON_SETTING_VARIABLES:
+            continue
+        top = upper.split("__", 1)[
+            0
+        ]  # nested names (KAIROS_TOPICS__EVENTS) are checked by the model
+        if top not in names:
+            close = difflib.get_close_matches(top, sorted(names), n=1)
+            unknown.append((variable, close[0] if close else None))
+    return unknown
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

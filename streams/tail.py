@@ -8,10 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException
 from rich.console import Console
 from rich.markup import escape
 
+from engine.snapshot import SnapshotError, unpack
 from streams.settings import Settings
 from streams.topics import consumer_config
 
@@ -64,6 +65,20 @@ def describe_dead_letter(record: dict[str, Any]) -> str:
     )
 
 
+def describe_snapshot(key: bytes | None, value: bytes, settings: Settings) -> str:
+    """One line per model snapshot (binary): its campaign, size, and whether it checks out."""
+    campaign = _text((key or b"?").decode(errors="replace"))
+    try:
+        unpack(value, settings.snapshot_key.encode() if settings.snapshot_key else None)
+    except SnapshotError as exc:
+        return f"[cyan]{campaign}[/cyan] {len(value):,} bytes [red]unreadable:[/red] {_text(exc)}"
+    return f"[cyan]{campaign}[/cyan] {len(value):,} bytes, checksum ok"
+
+
+class TailError(RuntimeError):
+    """The topic to tail cannot be followed (it does not exist, the broker does not answer)."""
+
+
 def tail_topic(
     settings: Settings,
     name: str,
@@ -87,6 +102,18 @@ def tail_topic(
             **{"auto.offset.reset": "earliest" if from_beginning else "latest"},
         )
     )
+    try:
+        found = consumer.list_topics(topic, timeout=10.0).topics.get(topic)
+    except KafkaException as exc:
+        consumer.close()
+        raise TailError(f"no answer from {settings.kafka_bootstrap}: {exc}") from None
+    if found is None or found.error is not None:  # a typo would otherwise wait in silence
+        consumer.close()
+        if topic in settings.topics.model_dump().values():
+            raise TailError(f"topic {topic!r} does not exist yet: run `kairos topics` or a worker")
+        raise TailError(
+            f"no topic {topic!r}; short names: {', '.join(settings.topics.model_dump())}"
+        )
     consumer.subscribe([topic])
     shown = 0
     last = time.monotonic()
@@ -102,6 +129,9 @@ def tail_topic(
             last = time.monotonic()
             value = message.value() or b""
             shown += 1
+            if topic == settings.topics.models and not raw:
+                console.print(describe_snapshot(message.key(), value, settings), emoji=False)
+                continue
             if raw or describe is None:
                 _print_line(console, value.decode(errors="replace"))
                 continue

@@ -77,13 +77,17 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+class TopicSetupError(RuntimeError):
+    """Kairos' topics cannot be listed or made as configured (no broker, a partition mismatch)."""
+
+
 def existing_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int | None]:
     """Each of Kairos' topics with its partition count on the broker, None if absent (creates none)."""
     admin = AdminClient(settings.confluent_config())
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise RuntimeError(
+        raise TopicSetupError(
             f"no answer from {settings.kafka_bootstrap} within {timeout_s:g} s: {exc}"
         ) from None
     counts: dict[str, int | None] = {}
@@ -116,14 +120,14 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
         try:
             future.result(timeout=timeout_s)
         except concurrent.futures.TimeoutError:
-            raise RuntimeError(
+            raise TopicSetupError(
                 f"could not create topic {topic}: no answer from {settings.kafka_bootstrap} "
                 f"within {timeout_s:g} s (is the broker running?)"
             ) from None
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise RuntimeError(f"could not create topic {topic}: {error.str()}") from exc
+                raise TopicSetupError(f"could not create topic {topic}: {error.str()}") from exc
     # Creation is acknowledged by the controller before every broker's metadata shows it.
     deadline = time.monotonic() + timeout_s
     while True:
@@ -136,7 +140,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
         if not missing:
             break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"topics not available after creation: {', '.join(missing)}")
+            raise TopicSetupError(f"topics not available after creation: {', '.join(missing)}")
         time.sleep(0.1)
     counts: dict[str, int] = {}
     for spec in specs:
@@ -144,7 +148,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
         counts[spec.name] = len(found.partitions)
         keyed = spec.name != settings.topics.models
         if keyed and counts[spec.name] != settings.partitions:
-            raise RuntimeError(
+            raise TopicSetupError(
                 f"topic {spec.name} has {counts[spec.name]} partitions but KAIROS_PARTITIONS is "
                 f"{settings.partitions}; keyed topics must agree for the co-partitioned join"
             )

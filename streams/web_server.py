@@ -28,6 +28,10 @@ log = logging.getLogger("kairos.web")
 CustomerView = Callable[[str], dict[str, Any] | None]
 
 
+class WebPortError(RuntimeError):
+    """The worker's web server cannot listen where the settings say (port taken, bad host)."""
+
+
 class WorkerWebServer:
     """Serve /healthz, /readyz, /metrics, /dashboard, /dashboard/data and /customers/{id}."""
 
@@ -46,7 +50,13 @@ class WorkerWebServer:
         self.sampler.sample()  # a baseline, as in the Faust runtime's register_dashboard
         self._html = dashboard_html().encode()
         self._stopped = threading.Event()
-        self.server = ThreadingHTTPServer((host, port), self._handler_class())
+        try:
+            self.server = ThreadingHTTPServer((host, port), self._handler_class())
+        except OSError as exc:  # most often another worker on the same machine has the port
+            raise WebPortError(
+                f"cannot serve health, metrics and dashboard on {host}:{port} "
+                f"(KAIROS_WEB_HOST, KAIROS_WEB_PORT): {exc.strerror or exc}"
+            ) from exc
         self.server.daemon_threads = True
 
     @property

@@ -1,17 +1,23 @@
-"""`kairos tail` and `kairos topics --list` against the real broker, as a person or a pipe uses them."""
+"""`kairos tail`, `topics --list` and a worker's start-up errors on the real broker, as people use them."""
 
 from __future__ import annotations
 
 import io
+import socket
 import uuid
 
 import orjson
+import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
+from typer.testing import CliRunner
 
-from streams.settings import Settings
-from streams.tail import tail_topic
-from streams.topics import ensure_topics, existing_topics
+from engine.snapshot import pack
+from streams.cli import app
+from streams.settings import Settings, settings_env
+from streams.tail import TailError, tail_topic
+from streams.topics import ensure_topics, existing_topics, producer_config
 from tests.integration.kafka_io import produce
 
 #: A decision whose values look like rich markup, long enough to wrap an 80-column terminal.
@@ -73,3 +79,36 @@ def test_topics_list_reports_what_exists_and_creates_nothing(settings: Settings)
     assert counts and set(counts.values()) == {None}
     listed = AdminClient(settings.confluent_config()).list_topics(timeout=30).topics
     assert not [name for name in listed if name.startswith(prefix)]
+
+
+def test_tail_names_a_topic_that_does_not_exist_instead_of_waiting(settings: Settings) -> None:
+    console, _ = _console(80)
+    with pytest.raises(TailError, match=r"no topic 'decison'; short names: events, outcomes"):
+        tail_topic(settings, "decison", True, 1, 5.0, False, console)
+
+
+def test_tail_models_describes_each_snapshot_instead_of_printing_bytes(settings: Settings) -> None:
+    producer = Producer(producer_config(settings))
+    snapshot = pack(b"\x00\xffbody")
+    producer.produce(settings.topics.models, snapshot, b"nudge")
+    producer.produce(settings.topics.models, b"\x00\x01garbage", b"broken")
+    assert producer.flush(30) == 0
+    console, out = _console(200)
+    assert tail_topic(settings, "models", True, 2, 30.0, False, console) == 2
+    good, bad = out.getvalue().splitlines()
+    assert good == f"nudge {len(snapshot)} bytes, checksum ok"
+    assert bad.startswith("broken 9 bytes unreadable: snapshot too short")
+
+
+def test_a_worker_whose_web_port_is_taken_says_so_in_one_line(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind((settings.web_host, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**settings_env(settings), "KAIROS_WEB_PORT": str(port), "COLUMNS": "300"}
+        result = CliRunner().invoke(app, ["worker", "-c", "builtin:cart_abandonment"], env=env)
+    assert result.exit_code == 2, result.output
+    assert f"worker: cannot serve health, metrics and dashboard on {settings.web_host}:{port}" in (
+        result.output
+    )
+    assert "Address already in use" in result.output

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from streams.settings import Settings, settings_env
+from streams.settings import Settings, settings_env, unknown_variables
 
 
 def test_environment_overrides_nested_fields_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,3 +109,20 @@ def test_the_producer_linger_defaults_by_runtime_and_an_explicit_one_wins() -> N
     assert Settings(runtime="faust").model_copy(update={"runtime": "rdkafka"}).linger_ms == 50
     assert Settings(runtime="rdkafka", producer_linger_ms=0).linger_ms == 0
     assert Settings(runtime="faust", producer_linger_ms=20).linger_ms == 20
+
+
+def test_unknown_kairos_variables_are_named_with_the_closest_setting() -> None:
+    environ = {
+        "KAIROS_PARTITONS": "3",  # misspelt: would be ignored in silence
+        "KAIROS_PARTITIONS": "4",
+        "KAIROS_TOPICS__EVENTS": "e",  # nested names are the model's to check
+        "KAIROS_KAFKA_HEAP": "1g",  # read by deploy/kafka/kafka.sh, not a setting
+        "KAIROS_CONFIG": "kairos.toml",
+        "KAIROS_QQQQQQQQQQ": "1",
+        "PATH": "/bin",
+    }
+    assert unknown_variables(environ) == [
+        ("KAIROS_PARTITONS", "KAIROS_PARTITIONS"),
+        ("KAIROS_QQQQQQQQQQ", None),
+    ]
+    assert unknown_variables(settings_env(Settings())) == []

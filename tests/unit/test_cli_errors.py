@@ -1,0 +1,84 @@
+"""Mistakes a user makes end a command with one line and exit code 2, not a traceback.
+
+No broker is named or needed: each is caught before anything connects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from streams.cli import app
+
+TYPO = """
+name = "typo"
+salt = "s"
+triggers = ["cart_abandon"]
+[actions.dimensions]
+channel = ["email"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "reference", "message"),
+    [
+        ("worker", "empty-dir", "no campaign files (*.toml) in this directory"),
+        ("worker", "builtin:nope", "no built-in campaign 'nope'"),
+        ("worker", "typo.toml", "'cart_abandon' is not a trigger"),
+        ("worker", "missing.toml", "no such file or directory"),
+        ("campaigns", "empty-dir", "no campaign files (*.toml) in this directory"),
+        ("learner", "typo.toml", "'cart_abandon' is not a trigger"),
+    ],
+)
+def test_a_bad_campaign_is_one_line_and_exit_code_2(
+    tmp_path: Path, command: str, reference: str, message: str
+) -> None:
+    (tmp_path / "empty-dir").mkdir()
+    (tmp_path / "typo.toml").write_text(TYPO)
+    ref = reference if reference.startswith("builtin:") else str(tmp_path / reference)
+    args = [command, ref] if command == "campaigns" else [command, "-c", ref]
+    result = _run(args)
+    assert "invalid campaign:" in result.output and message in result.output
+
+
+def _run(args: list[str], **env: str) -> Result:
+    result = CliRunner().invoke(
+        app, args, env={"KAIROS_KAFKA_BOOTSTRAP": "127.0.0.1:1", "COLUMNS": "300", **env}
+    )
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (None, "invalid settings: KAIROS_CONFIG="),
+        ("partitions = [", "invalid settings: KAIROS_CONFIG is not valid TOML"),
+        ("state_ttl_days = 1", "invalid settings: Value error, state_ttl_days (1.0) must exceed"),
+    ],
+)
+def test_a_bad_config_file_is_one_line(tmp_path: Path, config: str | None, message: str) -> None:
+    path = tmp_path / "kairos.toml"
+    if config is not None:
+        path.write_text(config)
+    assert message in _run(["campaigns"], KAIROS_CONFIG=str(path)).output
+
+
+def test_evaluate_and_learn_name_a_rewards_log_they_cannot_read(tmp_path: Path) -> None:
+    missing, garbage, empty = tmp_path / "missing.jsonl", tmp_path / "g.jsonl", tmp_path / "e.jsonl"
+    garbage.write_text("not json\n")
+    empty.write_text("")
+    out = _run(["evaluate", "-i", str(missing)]).output
+    assert "cannot read the rewards log:" in out and "missing.jsonl" in out
+    out = _run(["learn", "-i", str(garbage), "-o", str(tmp_path)]).output
+    assert "cannot read the rewards log:" in out and "g.jsonl:1: malformed_json" in out
+    assert "the rewards log holds no reward records" in _run(["evaluate", "-i", str(empty)]).output
+
+
+def test_export_refuses_a_format_it_does_not_write(tmp_path: Path) -> None:
+    out = _run(["export", "-o", str(tmp_path / "rewards.csv")]).output
+    assert "write .parquet or .jsonl" in out
+    assert not (tmp_path / "rewards.csv").exists()
