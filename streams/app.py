@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka.partitioner import murmur2
 from faust.types import EventT
 
 from engine.campaign import Campaign
@@ -27,6 +26,7 @@ from engine.state import StateError, decode_last_seen
 from streams.dashboard import register_dashboard
 from streams.gc_pauses import freeze_startup_heap
 from streams.metrics import WorkerMetrics
+from streams.partitioning import partition_of
 from streams.processor import (
     ROW_HEADER_SIZE,
     Processor,
@@ -283,13 +283,14 @@ class KairosApp:
         value: bytes = event.value if isinstance(event.value, bytes) else b""
         key = event.key if isinstance(event.key, bytes) else None
         names = self.settings.topics
+        partitions = self._partitions_of(topic)
         try:
             if topic != names.ticks and key is not None and self._misplaced(key, message):
                 result = self.processor.reroute(value, source, key)
             elif topic == names.events:
-                result = self.processor.on_event(value, rows, source, key)
+                result = self.processor.on_event(value, rows, source, key, partitions)
             elif topic == names.outcomes:
-                result = self.processor.on_outcome(value, rows, source, key)
+                result = self.processor.on_outcome(value, rows, source, key, partitions)
             elif key is not None:
                 result = self.processor.on_tick(key.decode(errors="replace"), rows)
             else:
@@ -298,12 +299,15 @@ class KairosApp:
             result = self.processor.processing_error(value, source, exc)
         await self._apply(result)
 
+    def _partitions_of(self, topic: str) -> int:
+        partitions = self._partition_counts.get(topic)
+        if partitions is None:
+            partitions = self._partition_counts[topic] = self.settings.partitions
+        return partitions
+
     def _misplaced(self, key: bytes, message: Any) -> bool:
         """True if a keyed record is not on the partition murmur2 gives its key (wrong partitioner)."""
-        partitions = self._partition_counts.get(message.topic)
-        if partitions is None:
-            partitions = self._partition_counts[message.topic] = self.settings.partitions
-        return bool((murmur2(key) & 0x7FFFFFFF) % partitions != message.partition)
+        return bool(partition_of(key, self._partitions_of(message.topic)) != message.partition)
 
     async def _apply(self, result: Result) -> None:
         if result.customer_id is not None and result.expired:

@@ -72,7 +72,7 @@ class WorkerMetrics:
         )
         self.decisions_resent = Counter(
             "kairos_decisions_resent_total",
-            "Decisions sent again (byte-identical) for a record replayed after a crash",
+            "Decisions sent again (byte-identical) after a crash: a replayed record's, or noted",
             ["campaign"],
             registry=r,
         )

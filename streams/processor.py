@@ -22,6 +22,7 @@ from engine.decide import CampaignRuntime, decision_id
 from engine.evaluation import PolicyValueMonitor
 from engine.rewards import reward_of
 from engine.state import (
+    EVENT_DIGEST_BYTES,
     CustomerState,
     apply,
     apply_outcome,
@@ -43,6 +44,7 @@ from schemas.records import Decision, Outcome, RewardRecord, Trigger
 from streams.dead_letters import dead_letter_record
 from streams.logs import customer_ref
 from streams.metrics import Children, WorkerMetrics
+from streams.partitioning import partition_of
 from streams.settings import Settings
 from streams.timer_index import KEEP, Unchanged
 
@@ -242,12 +244,15 @@ class Processor:
         rows: CustomerRows,
         source: tuple[str, int, int],
         key: bytes | None = None,
+        partitions: int | None = None,
     ) -> Result:
         """Validate an event, update the customer's state, and decide on the triggers it causes.
 
         `key` is the Kafka record key when known: a record keyed by something other than its
         customer id sits on the wrong partition for that customer's state, so it is sent back to
-        the topic under the right key instead of being applied here.
+        the topic under the right key instead of being applied here. `partitions` (the topic's
+        count) is given by the runtimes for a record without a key: if its customer belongs on
+        another partition than `source`'s, it is sent back keyed too (see `_misplaced`).
         """
         now = self.clock.now()
         try:
@@ -256,7 +261,7 @@ class Processor:
         except RecordError as error:
             return self._dead_letter(raw, source, error)
         customer_id = event.customer_id
-        if key is not None and key != customer_id.encode():
+        if self._misplaced(customer_id, source, key, partitions):
             return self._reroute(raw, source, customer_id)
         self._events_in(event.type).inc()
         prev, applied = decode_state_row(rows.state(customer_id))
@@ -293,15 +298,17 @@ class Processor:
         rows: CustomerRows,
         source: tuple[str, int, int],
         key: bytes | None = None,
+        partitions: int | None = None,
     ) -> Result:
-        """Attach an outcome to its decision (by id, or by the customer's open window)."""
+        """Attach an outcome to its decision (by id, or by the customer's open window); `key` and
+        `partitions` as for on_event."""
         now = self.clock.now()
         try:
             outcome = decode_outcome(raw)
         except RecordError as error:
             return self._dead_letter(raw, source, error)
         customer_id = outcome.customer_id
-        if key is not None and key != customer_id.encode():
+        if self._misplaced(customer_id, source, key, partitions):
             return self._reroute(raw, source, customer_id)
         self._outcomes_in(outcome.type).inc()
         pending_row = rows.pending(customer_id)
@@ -545,9 +552,22 @@ class Processor:
         self.metrics.rerouted.labels(topic=source[0]).inc()
         return Result(None, outputs=[Output(source[0], key, raw)])
 
+    @staticmethod
+    def _misplaced(
+        customer_id: str, source: tuple[str, int, int], key: bytes | None, partitions: int | None
+    ) -> bool:
+        """True if a record is not where its customer's state is: keyed by someone else, or sent
+        without a key (a round-robin or sticky producer) to another partition than murmur2's."""
+        if key is not None:
+            return key != customer_id.encode()
+        return (
+            partitions is not None and partition_of(customer_id.encode(), partitions) != source[1]
+        )
+
     def _reroute(self, raw: bytes, source: tuple[str, int, int], customer_id: str) -> Result:
         log.warning(
-            "record on %s keyed by something other than its customer id: re-keyed", source[0]
+            "record on %s not keyed by its customer id, or on another partition: re-sent keyed",
+            source[0],
         )
         return self.reroute(raw, source, customer_id.encode())
 
@@ -634,7 +654,7 @@ def customer_view(state_row: bytes | None, pending_row: bytes | None) -> dict[st
         {} if state is None else {name: getattr(state, name) for name in state.__struct_fields__}
     )
     if state is not None:
-        view["recent_ids"] = len(state.recent_ids)
+        view["recent_ids"] = len(state.recent_ids) // EVENT_DIGEST_BYTES  # ids, not bytes
     return {
         "state": msgspec.to_builtins(view),
         "open_decisions": [o.decision.decision_id for o in decode_pending(pending_row).open],

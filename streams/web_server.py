@@ -107,6 +107,13 @@ class WorkerWebServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                self._answer(with_body=True)
+
+            def do_HEAD(self) -> None:
+                """What GET would answer, without the body (probes that only read the status)."""
+                self._answer(with_body=False)
+
+            def _answer(self, with_body: bool) -> None:
                 try:
                     status, content_type, body = server.route(self.path)
                 except Exception:
@@ -117,7 +124,8 @@ class WorkerWebServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                self.wfile.write(body)
+                if with_body:
+                    self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # request lines would flood the worker's log

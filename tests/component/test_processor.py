@@ -509,3 +509,33 @@ def test_due_times_survive_records_that_change_nothing_and_events_without_a_trig
     stray = raw_outcome(clock, "o-stray", "c9", None, "opened")
     run(processor.on_outcome(stray, CountingRows(), ("o", 0, 1)))
     assert (index.timer_at.get("c9"), index.deadline_at.get("c9")) == before
+
+
+def test_a_record_without_a_key_on_another_partition_than_its_customers_is_resent_keyed(
+    processor: Processor, clock: ManualClock
+) -> None:
+    """A keyless producer (round robin, sticky) can put a customer's record anywhere: applied
+    there it would start a second state row that the customer's timers never reach."""
+    from streams.partitioning import partition_of
+
+    partitions = 4
+    cid = "keyless-7"
+    home = partition_of(cid.encode(), partitions)
+    away = (home + 1) % partitions
+    rows = Rows()
+    for kind, raw in (
+        ("events", raw_event(clock, cid, "cart_add")),
+        ("outcomes", raw_outcome(clock, "o-1", cid, None, "opened")),
+    ):
+        handle = processor.on_event if kind == "events" else processor.on_outcome
+        moved = handle(raw, rows, (f"kairos.{kind}.v1", away, 3), None, partitions)
+        assert moved.state is None and moved.pending is None and moved.decisions == []
+        assert [(o.topic, o.key, o.value) for o in moved.outputs] == [
+            (f"kairos.{kind}.v1", cid.encode(), raw)
+        ]
+    # On its customer's partition, or with the partition count unknown, it is applied.
+    for where, known in ((home, partitions), (away, None)):
+        kept = processor.on_event(
+            raw_event(clock, cid, "cart_add"), rows, ("kairos.events.v1", where, 4), None, known
+        )
+        assert kept.state is not None and kept.outputs == []

@@ -12,6 +12,7 @@ import orjson
 from engine.campaign import builtin_campaign
 from engine.clock import ManualClock
 from streams.learner import RecentIds
+from streams.partitioning import partition_of
 from streams.processor import decode_state_row
 from streams.rdkafka_worker import (
     PartitionTables,
@@ -20,7 +21,6 @@ from streams.rdkafka_worker import (
     UnackedWrites,
     _CommitEpochs,
     _store_options,
-    partition_of,
 )
 from streams.settings import Settings
 from streams.topics import TABLES, changelog_topic
@@ -391,3 +391,20 @@ def test_after_the_spin_the_worker_blocks_for_what_is_left_of_its_wait(tmp_path:
     consumer.waits.clear()
     assert worker._poll(0.0, time.perf_counter() + 10.0) is None
     assert consumer.waits == [0.0]
+
+
+def test_decisions_sent_again_from_the_redo_log_after_a_crash_are_counted(
+    tmp_path: Path,
+) -> None:
+    worker, producer, p = _worker_on(tmp_path, write_batch_ms=0.0)
+    worker._handle(_event(worker, p, 0, "cart_abandoned"))
+    decisions = worker.settings.topics.decisions
+    first = [r for r in producer.sent if r[0] == decisions]
+    assert len(first) == 1
+    resent = worker.metrics.decisions_resent.labels(campaign="cart_abandonment")
+    assert resent._value.get() == 0
+    # As after a crash: the noted turn (not yet acknowledged) is sent again, decision included.
+    summary = worker._resend_unacked(worker.tables, {(table, p) for table in TABLES})
+    again = [r for r in producer.sent if r[0] == decisions]
+    assert summary["outputs"] >= 1 and again[1:] == first
+    assert resent._value.get() == 1

@@ -7,17 +7,14 @@ import asyncio
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.app import KairosApp, murmur2
+from streams.app import KairosApp
 from streams.campaign_files import resolve_campaigns
+from streams.partitioning import partition_of
 from streams.rdkafka_producer import RdkafkaProducer
 from streams.settings import Settings
 from streams.topics import consumer_config
 
 pytestmark = pytest.mark.integration
-
-
-def _partition_of(key: bytes, partitions: int) -> int:
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 async def _send_and_flush(settings: Settings, keys: list[bytes]) -> list[asyncio.Future[object]]:
@@ -48,7 +45,7 @@ def test_records_are_acknowledged_by_flush_and_land_on_the_murmur2_partition(
     for key, future in zip(keys, futures, strict=True):
         metadata = future.result()
         assert metadata.topic == settings.topics.decisions
-        assert metadata.partition == _partition_of(key, settings.partitions)
+        assert metadata.partition == partition_of(key, settings.partitions)
         assert metadata.offset >= 0
 
     consumer = Consumer(consumer_config(settings, f"{settings.app_id}-check"))
@@ -65,7 +62,7 @@ def test_records_are_acknowledged_by_flush_and_land_on_the_murmur2_partition(
             assert message.value() == b"v" + message.key()
     finally:
         consumer.close()
-    assert seen == {key: _partition_of(key, settings.partitions) for key in keys}
+    assert seen == {key: partition_of(key, settings.partitions) for key in keys}
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 
 from bench._proc_stats import process_cpu_s
-from engine.state import EVENT_DIGEST_BYTES
 from streams.settings import Settings
 from streams.worker_process import WorkerProcess
 from tests.integration.kafka_io import TopicReader, event, produce
@@ -47,10 +46,8 @@ def _views_when(worker: WorkerProcess, events_each: int) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while True:
         views = {c: _view(worker, c) for c in CUSTOMERS}
-        # The view counts the bytes of the recent event-id ring: one digest per event applied.
-        counts = [
-            v["state"]["recent_ids"] // EVENT_DIGEST_BYTES if v else -1 for v in views.values()
-        ]
+        # The view counts the ids in the recent event-id ring: one per event applied.
+        counts = [v["state"]["recent_ids"] if v else -1 for v in views.values()]
         if all(n == events_each for n in counts):
             return views
         if time.monotonic() > deadline:

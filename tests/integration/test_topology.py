@@ -12,13 +12,16 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 
 from engine.bandit import ContextualBandit
 from engine.campaign import builtin_campaign
 from streams.demo import free_port
 from streams.learner import run_learner
 from streams.model_store import read_latest_snapshots
+from streams.partitioning import partition_of
 from streams.settings import Settings
+from streams.topics import producer_config
 from streams.worker_process import WorkerProcess
 from tests.integration.kafka_io import TopicReader, event, produce
 from tests.integration.metrics_scrape import scrape, total
@@ -75,6 +78,33 @@ def test_a_silent_cart_yields_exactly_one_abandonment_decision_after_the_timeout
     expected_due = added_at + timedelta(seconds=settings.cart_abandon_after_s)
     assert abs((trigger_ts - expected_due).total_seconds()) <= 1.0
     assert datetime.fromisoformat(decision["decided_ts"]) >= trigger_ts
+
+
+def test_a_cart_sent_without_a_key_to_another_partition_still_yields_its_one_decision(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A keyless producer's record on the wrong partition is re-sent keyed, so the customer's
+    state and timer live on their own partition (applied where it landed, the timer was lost)."""
+    cid = "keyless-cart"
+    away = (partition_of(cid.encode(), settings.partitions) + 1) % settings.partitions
+    decisions = TopicReader(settings, settings.topics.decisions)
+    with WorkerProcess(settings, tmp_path / "worker.log") as worker:
+        worker.wait_ready(60)
+        producer = Producer(producer_config(settings))
+        producer.produce(
+            settings.topics.events,
+            orjson.dumps(event(cid, "cart_add", product_id="p1", category="shoes", price=40.0)),
+            partition=away,
+        )
+        assert producer.flush(30) == 0
+        got = decisions.until(lambda r: len(r) >= 1, timeout_s=30)
+        decisions.poll(settings.cart_abandon_after_s + 1.5)
+        assert customer_view(worker, cid)["state"]["recent_ids"] == 1  # its one event, found
+        metrics = scrape(worker.url)
+    decisions.close()
+    assert len(decisions.records) == 1, decisions.records
+    assert got[0]["customer_id"] == cid and got[0]["trigger_type"] == "cart_abandoned"
+    assert total(metrics, "kairos_rerouted_total") == 1
 
 
 def test_an_outcome_naming_its_decision_yields_one_reward_and_a_newer_model(
