@@ -1075,6 +1075,20 @@ Each run of the benchmark now times the worker's processing in process at its st
 (a "Machine speed" line, from the next run of record on; bench/_machine_speed.py): in this hour a trigger cost 175-298 µs back
 to back and 229-458 µs after 1 ms idle, as in the 2026-12-06 afternoon (186-194 µs back to
 back), while the side-by-side ratio was 2.4-60x: the speed of warm code did not set the hour.
+
+**The live worker against the probe (2026-12-07 14:20, AMD EPYC, a slow hour; not the tables of
+record).** At 1,000 triggers/s (`--only kairos --rates 1000`) the worker's Python threads used
+56-61% of a core (`/proc/<pid>/task/*/stat` every 3 s), 560-610 µs a trigger, while the probe
+timed 194-305 µs in process; its librdkafka broker threads used another 11-16%. `perf record -e
+cpu-clock` of the worker over 10 s: libpython 45% of its samples, the librdkafka broker threads
+23% (10 points of it in the kernel's `finish_task_switch`, being switched in), the main thread's
+kernel time 14%, RocksDB 7%. py-spy (500 Hz) of the main thread's active samples: the engine's
+decision 21%; the produce call of the decision 10.5% against 2.5% for the calls of the two
+changelog records (linger 50 ms): with linger 0 each decision wakes its producer's thread, on
+2 vCPUs often in the main thread's place; the poll that returns a record 15% (py-spy counts a
+woken thread waiting for a core as active). The in-process profile of a trigger is flat (no
+line over 4% of it). So much of a live trigger's cost is records and wake-ups handed between
+threads on 2 shared vCPUs, which a cheaper decision path would not remove.
 """
 
 
