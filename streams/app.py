@@ -122,7 +122,6 @@ class KairosApp:
         self.ready = False
         self.started_at = time.monotonic()
         self._published_versions: dict[str, int] = {}
-        self._partition_counts: dict[str, int] = {}
         self._positions: dict[tuple[str, int], int] = {}
         self._rows = 0
         self._snapshot_key = settings.snapshot_key.encode() if settings.snapshot_key else None
@@ -283,7 +282,7 @@ class KairosApp:
         value: bytes = event.value if isinstance(event.value, bytes) else b""
         key = event.key if isinstance(event.key, bytes) else None
         names = self.settings.topics
-        partitions = self._partitions_of(topic)
+        partitions = self.settings.partitions
         try:
             if topic != names.ticks and key is not None and self._misplaced(key, message):
                 result = self.processor.reroute(value, source, key)
@@ -299,15 +298,9 @@ class KairosApp:
             result = self.processor.processing_error(value, source, exc)
         await self._apply(result)
 
-    def _partitions_of(self, topic: str) -> int:
-        partitions = self._partition_counts.get(topic)
-        if partitions is None:
-            partitions = self._partition_counts[topic] = self.settings.partitions
-        return partitions
-
     def _misplaced(self, key: bytes, message: Any) -> bool:
         """True if a keyed record is not on the partition murmur2 gives its key (wrong partitioner)."""
-        return bool(partition_of(key, self._partitions_of(message.topic)) != message.partition)
+        return bool(partition_of(key, self.settings.partitions) != message.partition)
 
     async def _apply(self, result: Result) -> None:
         if result.customer_id is not None and result.expired:

@@ -323,9 +323,8 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
         upper = variable.upper()
         if not upper.startswith("KAIROS_") or upper in NON_SETTING_VARIABLES:
             continue
-        top = upper.split("__", 1)[
-            0
-        ]  # nested names (KAIROS_TOPICS__EVENTS) are checked by the model
+        # Nested names (KAIROS_TOPICS__EVENTS) are checked by the model itself.
+        top = upper.split("__", 1)[0]
         if top not in names:
             close = difflib.get_close_matches(top, sorted(names), n=1)
             unknown.append((variable, close[0] if close else None))

@@ -90,11 +90,12 @@ def tail_topic(
 ) -> int:
     """Print records until interrupted, `max_records` are shown, or the topic is idle too long."""
     topic = topic_for(settings, name)
-    describe: Callable[[dict[str, Any]], str] | None = {
-        "decisions": describe_decision,
-        "rewards": describe_reward,
-        "dlq": describe_dead_letter,
-    }.get(name)
+    names = settings.topics
+    describe: Callable[[dict[str, Any]], str] | None = {  # by topic: a full name is described too
+        names.decisions: describe_decision,
+        names.rewards: describe_reward,
+        names.dlq: describe_dead_letter,
+    }.get(topic)
     consumer = Consumer(
         consumer_config(
             settings,
@@ -129,7 +130,7 @@ def tail_topic(
             last = time.monotonic()
             value = message.value() or b""
             shown += 1
-            if topic == settings.topics.models and not raw:
+            if topic == names.models and not raw:
                 console.print(describe_snapshot(message.key(), value, settings), emoji=False)
                 continue
             if raw or describe is None:
