@@ -17,6 +17,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from streams.kafka_logs import kafka_logger
+
 CONFIG_FILE_ENV = "KAIROS_CONFIG"
 #: Producer linger by runtime when KAIROS_PRODUCER_LINGER_MS is unset (Settings.linger_ms).
 #: 50 ms against 5 on the rdkafka runtime, alternating: broker CPU 55-59% against 63% and the
@@ -287,6 +289,9 @@ class Settings(BaseSettings):
             # on) may hold a small request until the one before it is acknowledged. Every client
             # gets it, the bench's floors too (measured: within the noise, BENCHMARKS.md Latency).
             "socket.nagle.disable": True,
+            # librdkafka's lines through Kairos' logs, a connection failure once a minute rather
+            # than at every reconnect (streams/kafka_logs.py).
+            "logger": kafka_logger(),
         }
         if self.security.sasl_mechanism:
             config["sasl.mechanism"] = self.security.sasl_mechanism

@@ -11,6 +11,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
+    ClusterMetadata,
     ConfigEntry,
     ConfigResource,
     NewTopic,
@@ -81,15 +82,30 @@ class TopicSetupError(RuntimeError):
     """Kairos' topics cannot be listed or made as configured (no broker, a partition mismatch)."""
 
 
+def broker_metadata(admin: AdminClient, settings: Settings, timeout_s: float) -> ClusterMetadata:
+    """The cluster's metadata once a broker answers; TopicSetupError if none does within timeout_s.
+
+    Asks in short attempts and serves the client's log queue between them, so the reason (say, a
+    refused connection) is logged while the command waits, not after it gives up.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return admin.list_topics(timeout=max(0.05, min(1.0, remaining)))
+        except KafkaException as exc:
+            admin.poll(0)
+            if time.monotonic() >= deadline:
+                raise TopicSetupError(
+                    f"no answer from {settings.kafka_bootstrap} within {timeout_s:g} s "
+                    f"(is the broker running?): {exc.args[0].str()}"
+                ) from None
+
+
 def existing_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int | None]:
     """Each of Kairos' topics with its partition count on the broker, None if absent (creates none)."""
     admin = AdminClient(settings.confluent_config())
-    try:
-        metadata = admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise TopicSetupError(
-            f"no answer from {settings.kafka_bootstrap} within {timeout_s:g} s: {exc}"
-        ) from None
+    metadata = broker_metadata(admin, settings, timeout_s)
     counts: dict[str, int | None] = {}
     for spec in topic_specs(settings):
         found = metadata.topics.get(spec.name)
@@ -106,6 +122,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
     reward join.
     """
     admin = AdminClient(settings.confluent_config())
+    broker_metadata(admin, settings, timeout_s)
     specs = topic_specs(settings)
     new = [
         NewTopic(
