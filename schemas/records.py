@@ -27,7 +27,8 @@ OUTCOME_TYPES: Final[frozenset[str]] = frozenset(
     {"delivered", "opened", "clicked", "converted", "unsubscribed", "bounced"}
 )
 
-#: Channels a customer can be seen on or reached through.
+#: Channels a customer can be seen on or reached through: the usual values of Event.channel, which
+#: is free text and not checked against them (an event from a new source is not worth losing).
 CHANNELS: Final[frozenset[str]] = frozenset({"web", "app", "email", "sms", "push"})
 
 #: The only wire schema version this code reads and writes.
