@@ -13,6 +13,7 @@ import math
 import pickle
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import msgspec
@@ -25,6 +26,7 @@ from engine.models import (
     FloatArray,
     RewardModel,
     RidgeModel,
+    RiverModel,
     make_prototype,
 )
 from engine.policies import Choice, ExplorationConfig, bonus, choose, greedy_actions
@@ -92,6 +94,18 @@ def _poisson1(rng: random.Random) -> int:
         k += 1
         p *= rng.random()
     return k
+
+
+@dataclass(frozen=True, slots=True)
+class Adoption:
+    """What a bandit took over from a snapshot of a changed campaign (ContextualBandit.adopt)."""
+
+    kept: tuple[str, ...]
+    """Arms whose learned models carried over."""
+    new: tuple[str, ...]
+    """Arms the snapshot lacked: they start untrained."""
+    dropped: tuple[str, ...]
+    """Arms of the snapshot the campaign no longer has: their learning is dropped."""
 
 
 class ContextualBandit:
@@ -320,6 +334,63 @@ class ContextualBandit:
                 if weight:
                     rep.learn(features, reward, float(weight))
         self.version += 1
+
+    # ---- carrying learning over to a changed campaign ------------------------------------------
+
+    def configuration(self) -> tuple[Any, ...]:
+        """Arms, exploration, baseline and model hyper-parameters: equal means one kind of bandit."""
+        proto = self._prototype
+        model: tuple[Any, ...]
+        if isinstance(proto, RidgeModel):
+            model = ("ridge", proto.l2, proto.forgetting)
+        elif isinstance(proto, FactoredRidge):
+            model = ("factored", proto.l2, proto.blocks, proto.layout, proto.scale)
+        elif isinstance(proto, RiverModel):
+            model = ("river", repr(proto.estimator))
+        else:
+            model = (type(proto).__qualname__,)
+        return (self.action_ids, self.exploration, self.baseline_action, model)
+
+    def adopt(self, learned: ContextualBandit) -> Adoption:
+        """Take over what `learned` learned, keeping this bandit's arms, exploration and baseline.
+
+        For a campaign edited since its snapshot: an arm both have keeps its learned ridge model,
+        a new arm starts untrained, a removed arm's learning is dropped, and the version and
+        random stream continue from `learned`. Only per-arm ridge models with the same prior can
+        move one by one; anything else raises SnapshotError (the caller starts untrained).
+        """
+        mine, theirs = self._prototype, learned._prototype
+        if not (isinstance(mine, RidgeModel) and isinstance(theirs, RidgeModel)):
+            raise SnapshotError(
+                "only ridge models carry over to a campaign whose arms or model changed"
+            )
+        if (mine.l2, mine.forgetting) != (theirs.l2, theirs.forgetting):
+            raise SnapshotError("the ridge prior (l2, forgetting) changed since the snapshot")
+        kept = tuple(a for a in self.action_ids if a in learned._models)
+        if not [a for a in kept if a != learned.baseline_action]:
+            raise SnapshotError("the snapshot shares no arm with this campaign")
+        proto = RidgeModel(mine.l2, mine.forgetting, theirs.index)  # the learned models' columns
+        n_rep = self.exploration.n_bootstrap if self.exploration.kind == "thompson" else 0
+        models: dict[str, RewardModel] = {}
+        replicas: dict[str, list[RewardModel]] = {}
+        for a in self.action_ids:
+            models[a] = learned._models[a] if a in kept else proto.clone()
+            theirs_rep = learned._replicas.get(a, [])
+            replicas[a] = (
+                theirs_rep
+                if a in kept and len(theirs_rep) == n_rep
+                else [proto.clone() for _ in range(n_rep)]
+            )
+        self._prototype, self._index = proto, proto.index
+        self._models, self._replicas = models, replicas
+        self._weights = None
+        self.version = learned.version
+        self._rng.setstate(learned._rng.getstate())
+        return Adoption(
+            kept=kept,
+            new=tuple(a for a in self.action_ids if a not in kept),
+            dropped=tuple(a for a in learned.action_ids if a not in self._models),
+        )
 
     # ---- snapshots ---------------------------------------------------------------------------
 

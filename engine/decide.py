@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from engine.bandit import ContextualBandit, SnapshotError
+from engine.bandit import Adoption, ContextualBandit
 from engine.campaign import NO_ACTION_ID, Campaign
 from engine.features import features as compute_features
 from engine.features import model_view
@@ -322,12 +322,23 @@ class CampaignRuntime:
             return False
         return learn(self.bandit, record)
 
-    def restore(self, snapshot: bytes, key: bytes | None = None) -> None:
-        """Replace the bandit by a snapshot of this campaign's arms (SnapshotError otherwise)."""
-        bandit = ContextualBandit.restore(snapshot, key)
-        if bandit.action_ids != self.campaign.action_ids:
-            raise SnapshotError(
-                f"snapshot arms do not match campaign {self.campaign.name!r}: "
-                "the campaign's actions changed since the snapshot"
-            )
-        self.bandit = bandit
+    def restore(self, snapshot: bytes, key: bytes | None = None) -> Adoption | None:
+        """Continue from a snapshot of this campaign (see adopt); SnapshotError if unusable."""
+        return self.adopt(ContextualBandit.restore(snapshot, key))
+
+    def adopt(self, learned: ContextualBandit) -> Adoption | None:
+        """Continue from `learned` (a restored snapshot): None if it is this campaign's bandit as
+        configured now, taken whole; else what carried over to a fresh bandit of the campaign as
+        edited since (arms, exploration, baseline from the file; ContextualBandit.adopt).
+
+        A snapshot's settings are the campaign's when it was taken: without this a campaign whose
+        actions changed decided with the old arms and failed on the new ones, and a new epsilon was
+        ignored until the models were dropped by hand. Swaps `bandit` in one assignment.
+        """
+        fresh = build_bandit(self.campaign, self.seed)
+        if learned.configuration() == fresh.configuration():
+            self.bandit = learned
+            return None
+        adoption = fresh.adopt(learned)
+        self.bandit = fresh
+        return adoption

@@ -418,6 +418,9 @@ class FactoredRidge:
         """Load a state produced by `state()` (its dimension must fit the blocks and index)."""
         dim = int(state["dim"])
         n_blocks = len(self.blocks)
+        if dim == len(FeatureIndex()) and not float(state["n"]):
+            self.model = RidgeModel(self.model.l2)  # untrained: as built (no block sized yet)
+            return
         if dim < 1 or dim % n_blocks or dim // n_blocks > len(self.index):
             raise ValueError(f"model dimension {dim} does not fit the blocks and feature index")
         self.model = RidgeModel(self.model.l2, index=FeatureIndex([str(i) for i in range(dim - 1)]))

@@ -25,12 +25,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from engine.bandit import ContextualBandit, SnapshotError
 from engine.campaign import Campaign
 from engine.decide import CampaignRuntime
 from schemas.codec import RecordError, decode_reward
 from streams.metrics import WorkerMetrics
-from streams.model_store import snapshot_key_bytes
+from streams.model_store import snapshot_key_bytes, take_snapshot
 from streams.settings import Settings
 from streams.topics import consumer_config, producer_config
 
@@ -76,17 +75,13 @@ class ModelFollower:
                 runtime = self.runtimes.get(name)
                 if runtime is None or message.value() is None:
                     continue
-                try:
-                    bandit = ContextualBandit.restore(message.value() or b"", key=key)
-                except SnapshotError as exc:
-                    log.warning("ignoring snapshot of %s: %s", name, exc)
-                    continue
-                if bandit.version > runtime.bandit.version:
-                    runtime.bandit = bandit  # one reference swap: decisions see old or new models
+                # one reference swap inside: decisions see the old models or the new
+                if take_snapshot(runtime, message.value() or b"", key, newer=True):
                     self.applied += 1
                     if self.metrics is not None:
                         self.metrics.snapshots.labels(direction="loaded").inc()
-                        self.metrics.model_version.labels(campaign=name).set(bandit.version)
+                        version = runtime.bandit.version
+                        self.metrics.model_version.labels(campaign=name).set(version)
         finally:
             consumer.close()
 
@@ -211,9 +206,5 @@ def _load_published(settings: Settings, runtimes: dict[str, CampaignRuntime]) ->
     key = snapshot_key_bytes(settings)
     for name, data in read_latest_snapshots(settings).items():
         runtime = runtimes.get(name)
-        if runtime is None:
-            continue
-        try:
-            runtime.bandit = ContextualBandit.restore(data, key=key)
-        except SnapshotError as exc:
-            log.warning("ignoring snapshot of %s: %s", name, exc)
+        if runtime is not None:
+            take_snapshot(runtime, data, key, newer=False)

@@ -8,6 +8,7 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from engine.bandit import ContextualBandit, SnapshotError
+from engine.decide import CampaignRuntime
 from streams.processor import Processor
 from streams.settings import Settings
 from streams.topics import consumer_config
@@ -67,21 +68,48 @@ def load_latest_snapshots(settings: Settings, processor: Processor) -> int:
     """Restore each campaign's newest valid snapshot into the processor; return how many.
 
     A snapshot that fails its version or checksum check is skipped with a warning: the worker
-    then starts from scratch rather than from corrupt models.
+    then starts from scratch rather than from corrupt models. A snapshot of a campaign edited
+    since carries over what its unchanged arms learned (CampaignRuntime.adopt, logged).
     """
     loaded = 0
     for campaign, data in read_latest_snapshots(settings).items():
         runtime = processor.runtimes.get(campaign)
         if runtime is None:
             continue
-        try:
-            bandit = ContextualBandit.restore(data, key=snapshot_key_bytes(settings))
-        except SnapshotError as exc:
-            log.warning("skipping snapshot of %s: %s", campaign, exc)
+        if not take_snapshot(runtime, data, snapshot_key_bytes(settings), newer=False):
             continue
-        if bandit.version >= runtime.bandit.version:
-            runtime.bandit = bandit
-            loaded += 1
-            processor.metrics.snapshots.labels(direction="loaded").inc()
-            processor.metrics.model_version.labels(campaign=campaign).set(bandit.version)
+        loaded += 1
+        processor.metrics.snapshots.labels(direction="loaded").inc()
+        processor.metrics.model_version.labels(campaign=campaign).set(runtime.bandit.version)
     return loaded
+
+
+def take_snapshot(runtime: CampaignRuntime, data: bytes, key: bytes | None, *, newer: bool) -> bool:
+    """Continue `runtime` from a snapshot if it is at least as far along (`newer`: further).
+
+    False, with a warning, for a snapshot that cannot be used (checksum, signature, a model that
+    cannot follow the campaign's edits); one taken from a campaign edited since is logged with
+    what carried over, so an operator sees that new arms start untrained.
+    """
+    name = runtime.campaign.name
+    try:
+        learned = ContextualBandit.restore(data, key=key)
+        ahead = learned.version - runtime.bandit.version
+        if ahead < 0 or (newer and ahead == 0):
+            return False
+        adoption = runtime.adopt(learned)
+    except SnapshotError as exc:
+        log.warning("skipping snapshot of %s: %s", name, exc, extra={"campaign": name})
+        return False
+    if adoption is not None:
+        log.warning(
+            "campaign %s changed since its snapshot (version %d): models of %d arms carried "
+            "over, %d new arms start untrained, %d dropped; exploration as the file says now",
+            name,
+            learned.version,
+            len(adoption.kept),
+            len(adoption.new),
+            len(adoption.dropped),
+            extra={"campaign": name, "new_arms": adoption.new, "dropped_arms": adoption.dropped},
+        )
+    return True

@@ -14,7 +14,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ConfigResource,
 )
 
-from streams.model_store import read_latest_snapshots
+from engine.campaign import builtin_campaign
+from engine.decide import CampaignRuntime
+from streams.model_store import read_latest_snapshots, snapshot_key_bytes
 from streams.settings import Settings
 from streams.topics import MAX_RECORD_BYTES, ensure_topics
 from streams.worker_process import WorkerProcess
@@ -108,3 +110,38 @@ def test_the_loader_reads_a_transactionally_written_models_topic_to_its_end_with
     # loader used to wait for a record at the marker's offset until its time-out).
     assert latest == {"cart_abandonment": b"v2"}
     assert time.monotonic() - started < timeout_s
+
+
+def test_a_worker_started_on_an_edited_campaign_carries_its_snapshot_over_and_decides(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The shipped cart campaign learned, then a channel was added to its file: the restarted
+    worker loaded the old snapshot whole and failed every decision on the new arms."""
+    learned = CampaignRuntime.from_campaign(builtin_campaign("cart_abandonment"), settings.seed)
+    for n in range(30):
+        arm = learned.campaign.action_ids[n % 5]
+        learned.bandit.learn(arm, {"cart_value": n / 30.0}, float(n % 2))
+    producer = Producer(settings.confluent_config())
+    snapshot = learned.bandit.snapshot(key=snapshot_key_bytes(settings))
+    producer.produce(settings.topics.models, key=b"cart_abandonment", value=snapshot)
+    assert producer.flush(30) == 0
+    shipped = Path(__file__).parents[2] / "engine" / "campaigns" / "cart_abandonment.toml"
+    edited = shipped.read_text().replace(
+        'channel = ["email", "sms", "push"]', 'channel = ["email", "sms", "push", "whatsapp"]'
+    )
+    assert "whatsapp" in edited
+    (tmp_path / "campaigns").mkdir()
+    (tmp_path / "campaigns" / "cart_abandonment.toml").write_text(edited)
+    settings = settings.model_copy(update={"campaigns": [str(tmp_path / "campaigns")]})
+    decisions = TopicReader(settings, settings.topics.decisions)
+    customers = [f"edited-{i}" for i in range(20)]
+    with WorkerProcess(settings, tmp_path / "worker.log") as worker:
+        worker.wait_ready(60)
+        produce(settings, settings.topics.events, [event(c, "cart_abandoned") for c in customers])
+        got = decisions.until(lambda r: len(r) >= len(customers))
+    assert sorted(d["customer_id"] for d in got) == sorted(customers)
+    chosen = [d for d in got if not d["holdout"]]
+    assert chosen and all(d["model_version"] == learned.bandit.version for d in chosen)
+    assert all(any(a.startswith("whatsapp:") for a in d["probabilities"]) for d in chosen)
+    log = (tmp_path / "worker.log").read_text()
+    assert "changed since its snapshot" in log and "start untrained" in log

@@ -168,6 +168,8 @@ def test_factored_bandit_learns_and_its_snapshot_is_exact_without_pickle(kind: s
     """One shared model behind every arm; the snapshot holds its arrays, signed or not."""
     config = ExplorationConfig(kind=kind, n_bootstrap=3)  # type: ignore[arg-type]
     bandit = ContextualBandit(ACTIONS, config, _factored(), seed=5, baseline_action="none")
+    untrained = ContextualBandit.restore(bandit.snapshot())  # was refused: "dimension 1"
+    assert untrained.snapshot() == bandit.snapshot()
     rng = random.Random(5)
     for _ in range(400):  # uniformly logged toy problem
         x, action = {"x": rng.random(), "y": rng.random()}, rng.choice(ACTIONS)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+import tomllib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import engine.campaign
 from engine.bandit import ContextualBandit, SnapshotError
 from engine.campaign import NO_ACTION_ID, Campaign, builtin_campaign, parse_campaign
 from engine.decide import (
@@ -334,9 +339,115 @@ def test_runtime_decides_learns_and_restores(name: str) -> None:
     assert fresh.bandit.version == runtime.bandit.version
     t = trigger(customer, campaign.triggers[0], 999)
     assert fresh.decide(state(customer), t, NOW) == runtime.decide(state(customer), t, NOW)
-    if name == "cart_abandonment":  # another campaign's arms are refused
-        with pytest.raises(SnapshotError, match="do not match"):
+    if name == "cart_abandonment":  # another campaign's snapshot (no arm in common) is refused
+        with pytest.raises(SnapshotError, match="shares no arm"):
             CampaignRuntime.from_campaign(builtin_campaign("win_back")).restore(snapshot)
+
+
+def _edited(name: str, edit: Callable[[dict[str, Any]], None]) -> Campaign:
+    """A built-in campaign as its TOML file says, after `edit` changed the parsed document."""
+    path = Path(engine.campaign.__file__).parent / "campaigns" / f"{name}.toml"
+    document = tomllib.loads(path.read_text())
+    edit(document)
+    return parse_campaign(document)
+
+
+def _trained(campaign: Campaign, rewards: int = 40) -> CampaignRuntime:
+    """A runtime that decided for, and learned the rewards of, `rewards` triggers."""
+    runtime = CampaignRuntime.from_campaign(campaign, seed=5)
+    for n, customer in enumerate(not_held_out(campaign)[:rewards]):
+        kind = campaign.triggers[0]
+        d = runtime.decide(state(customer, purchase_count=2), trigger(customer, kind, n), NOW)
+        runtime.learn(
+            RewardRecord(
+                decision=d,
+                reward=float(n % 3 == 0),
+                outcome_ids=[],
+                outcome_types=[],
+                expired=False,
+                joined_ts=NOW,
+            )
+        )
+    return runtime
+
+
+def _add_whatsapp_drop_discount_and_explore_more(document: dict[str, Any]) -> None:
+    dimensions = document["actions"]["dimensions"]
+    dimensions["channel"].append("whatsapp")
+    dimensions["offer"].remove("discount_10")
+    document["actions"]["rules"] = [
+        r for r in document["actions"]["rules"] if r["match"].get("offer") != "discount_10"
+    ]
+    document["costs"]["offer"].pop("discount_10")
+    document["exploration"]["epsilon"] = 0.25
+
+
+def test_a_snapshot_of_an_edited_campaign_keeps_what_its_unchanged_arms_learned() -> None:
+    """A channel added, an offer dropped and epsilon changed since the snapshot: the worker
+    decided with the old arms and failed on every new one (ValueError: unknown action)."""
+    old = _trained(CART)
+    edited = _edited("cart_abandonment", _add_whatsapp_drop_discount_and_explore_more)
+    runtime = CampaignRuntime.from_campaign(edited, seed=5)
+    adoption = runtime.restore(old.bandit.snapshot())
+    assert adoption is not None
+    assert set(adoption.new) == {a for a in edited.action_ids if a.startswith("whatsapp:")}
+    assert set(adoption.dropped) == {a for a in CART.action_ids if ":discount_10:" in a}
+    assert set(adoption.kept) == set(edited.action_ids) - set(adoption.new)
+    assert runtime.bandit.action_ids == edited.action_ids
+    assert runtime.bandit.exploration.epsilon == 0.25  # the file's, not the snapshot's
+    assert runtime.bandit.version == old.bandit.version  # the lineage goes on
+    customer = not_held_out(edited, "edit")[0]
+    now_state = state(customer, purchase_count=2)
+    decision = runtime.decide(now_state, trigger(customer, "cart_abandoned", 999), NOW)
+    before = old.decide(now_state, trigger(customer, "cart_abandoned", 999), NOW)
+    assert any(a.startswith("whatsapp:") for a in decision.scores)
+    shared = set(before.scores) & set(decision.scores)
+    assert shared and all(decision.scores[a] == before.scores[a] for a in shared)
+    assert runtime.learn(
+        RewardRecord(
+            decision=decision,
+            reward=1.0,
+            outcome_ids=[],
+            outcome_types=[],
+            expired=False,
+            joined_ts=NOW,
+        )
+    )
+
+
+def test_an_unchanged_campaign_takes_its_snapshot_whole_and_a_new_prior_starts_over() -> None:
+    old = _trained(builtin_campaign("win_back"))  # thompson: replicas carry over too
+    same = CampaignRuntime.from_campaign(builtin_campaign("win_back"), seed=5)
+    assert same.restore(old.bandit.snapshot()) is None
+    assert same.bandit.snapshot() == old.bandit.snapshot()
+
+    def no_discount(document: dict[str, Any]) -> None:
+        document["actions"]["dimensions"]["offer"].remove("discount_10")
+        rules = document["actions"].get("rules", [])
+        document["actions"]["rules"] = [
+            r for r in rules if r["match"].get("offer") != "discount_10"
+        ]
+        document["costs"]["offer"].pop("discount_10")
+
+    smaller = CampaignRuntime.from_campaign(_edited("win_back", no_discount), seed=5)
+    adoption = smaller.restore(old.bandit.snapshot())
+    assert adoption is not None and adoption.dropped and not adoption.new
+    kept = adoption.kept[1]
+    assert smaller.bandit.snapshot() != old.bandit.snapshot()
+    customer = not_held_out(smaller.campaign, "w")[0]
+    t = trigger(customer, "lapse", 1)
+    assert (
+        smaller.decide(state(customer, purchase_count=2), t, NOW).scores[kept]
+        == old.decide(state(customer, purchase_count=2), t, NOW).scores[kept]
+    )
+
+    def stronger_prior(document: dict[str, Any]) -> None:
+        document["model_l2"] = 10.0
+
+    with pytest.raises(SnapshotError, match="prior"):
+        CampaignRuntime.from_campaign(_edited("win_back", stronger_prior)).restore(
+            old.bandit.snapshot()
+        )
 
 
 def test_learning_moves_the_choice() -> None:
