@@ -17,7 +17,7 @@ are ignored.
   quiet hours only deferred slots whose hour lies outside them survive; a campaign with only
   "now" sends nothing then.
 - Unsubscribed: a channel the customer unsubscribed from (CustomerState.unsubscribed) is never
-  messaged again.
+  messaged again; ALL_CHANNELS there (an unsubscribe not tied to a channel) blocks every one.
 - The holdout group is stable: blake2b(salt, customer id) mapped to [0, 1), below the share.
 
 The no-action arm is never removed.
@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from engine.campaign import IMMEDIATE_SLOT, NO_ACTION_ID, NO_CHANNEL, Action, Campaign, Cap
-from engine.state import zone_named
+from engine.state import ALL_CHANNELS, zone_named
 
 __all__ = [
     "GUARDRAIL_ORDER",
@@ -252,7 +252,7 @@ def blocked_by(
     """Name the first guardrail that forbids sending this action now, or None if none does."""
     if not action.is_message:
         return None
-    if action.channel in unsubscribed:
+    if action.channel in unsubscribed or ALL_CHANNELS in unsubscribed:
         return "unsubscribed"
     return _Checks(campaign, _messages(sent), now, timezone, last_sent or {}).blocked(action)
 
@@ -268,13 +268,14 @@ def apply_guardrails(
 ) -> GuardrailResult:
     """Filter eligible action ids by unsubscribes, quiet hours, caps, cooldown; no-action stays."""
     checks = _Checks(campaign, _messages(sent), now, timezone, last_sent or {})
+    everywhere = ALL_CHANNELS in unsubscribed
     allowed: list[str] = []
     removed: dict[str, str] = {}
     for action_id in action_ids:
         action = campaign.action(action_id)
         if not action.is_message:
             reason = None
-        elif action.channel in unsubscribed:
+        elif action.channel in unsubscribed or everywhere:
             reason = "unsubscribed"
         else:
             reason = checks.blocked(action)

@@ -468,12 +468,16 @@ def apply_outcome(
     Counted once per outcome id: the id joins the state's ring of recent ids, so an outcome
     replayed after a crash that kept this state row but lost the pending row's note of the
     outcome (the Faust runtime writes the two tables one after the other) is not counted again.
-    An unsubscribe from a known channel is remembered (`unsubscribed`), so that no campaign
-    messages the customer there again (engine.guardrails).
+    An unsubscribe is remembered (`unsubscribed`) so that no campaign messages the customer there
+    again (engine.guardrails): from the decision's channel, else the outcome's own `channel`, else
+    from every channel (ALL_CHANNELS): a customer who asked to hear nothing more must not be
+    messaged because the sender's report could not be tied to one message.
     """
     known = channel not in NO_CHANNELS and channel is not None and channel != ALL_CHANNELS
     if outcome.type == "unsubscribed":
-        if not known or channel in state.unsubscribed:
+        if not known:
+            channel = ALL_CHANNELS if outcome.channel in NO_CHANNELS else outcome.channel
+        if channel in state.unsubscribed or ALL_CHANNELS in state.unsubscribed:
             return state
         return msgspec.structs.replace(
             state, unsubscribed=sorted([*state.unsubscribed, str(channel)])

@@ -75,6 +75,9 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     decision_id: Id | None = None
     campaign: Name | None = None
     value: SignedMoney = 0.0
+    channel: Name | None = None
+    """The channel of the message, when the sender knows it: an unsubscribe that cannot be tied
+    to an open decision (late, or without decision id) blocks this channel, or every channel."""
 
 
 class Trigger(msgspec.Struct, frozen=True, kw_only=True):

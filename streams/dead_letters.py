@@ -4,27 +4,40 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
+from typing import Final
 
 import orjson
 
 from schemas.codec import RecordError
 
+#: Most bytes of a refused record a dead letter carries: base64 makes them 4/3 as many, within
+#: the dead-letter topic's record limit (streams.topics.MAX_RECORD_BYTES, 16 MiB). A record larger
+#: still (from a topic whose limit was raised past it) is cut, and the letter says so and where to
+#: find the whole record.
+ORIGINAL_LIMIT_BYTES: Final[int] = 8 * 1024 * 1024
+
 
 def dead_letter_record(
     raw: bytes, topic: str, partition: int, offset: int, error: RecordError, now: datetime
 ) -> bytes:
-    """Encode a dead letter as JSON; the original bytes travel base64-encoded, unchanged."""
-    return orjson.dumps(
-        {
-            "reason": error.reason,
-            "detail": error.detail,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "original": base64.b64encode(raw).decode("ascii"),
-            "dead_lettered_at": now.isoformat(),
-        }
-    )
+    """Encode a dead letter as JSON; the original bytes travel base64-encoded, unchanged.
+
+    Above ORIGINAL_LIMIT_BYTES only the first that many travel (`original_truncated`, with
+    `original_size`): a letter the broker refuses would stop the worker at every start.
+    """
+    letter: dict[str, object] = {
+        "reason": error.reason,
+        "detail": error.detail,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "original": base64.b64encode(raw[:ORIGINAL_LIMIT_BYTES]).decode("ascii"),
+        "dead_lettered_at": now.isoformat(),
+    }
+    if len(raw) > ORIGINAL_LIMIT_BYTES:
+        letter["original_truncated"] = True
+        letter["original_size"] = len(raw)
+    return orjson.dumps(letter)
 
 
 def original_bytes(dead_letter: bytes) -> bytes:

@@ -28,6 +28,7 @@ from engine.state import (
     apply_outcome,
     decode_state,
     encode_state,
+    epoch_seconds,
     is_duplicate,
     record_decision,
 )
@@ -318,18 +319,27 @@ class Processor:
             return Result(customer_id)
         target = _find_open(pending, outcome)
         if target is None:
+            result = Result(customer_id)
+            if outcome.type == "unsubscribed":
+                # Nothing to learn from, but the customer's wish is kept whatever the decision's
+                # fate (closed, unknown, or no id): see engine.state.apply_outcome.
+                self._keep_unsubscribe(outcome, rows, result)
             if outcome.decision_id is not None and outcome.decision_id in pending.closed:
                 self.metrics.late_outcomes.inc()
                 log.info("late outcome %s for closed decision", outcome.type)
-                return Result(customer_id)
-            if outcome.decision_id is not None:
+                return result
+            if outcome.decision_id is not None and outcome.type != "unsubscribed":
                 return self._dead_letter(
                     raw,
                     source,
-                    RecordError("unknown_decision", f"no decision {outcome.decision_id!r}"),
+                    RecordError(
+                        "unknown_decision",
+                        f"no decision {outcome.decision_id!r} of customer {customer_id!r} "
+                        "open or recently closed",
+                    ),
                 )
             self.metrics.unattributed_outcomes.inc()
-            return Result(customer_id)
+            return result
         pending.outcome_ids = _ring(pending.outcome_ids, outcome.outcome_id, RECENT_OUTCOMES)
         target.outcome_ids.append(outcome.outcome_id)
         target.outcome_types.append(outcome.type)
@@ -343,6 +353,16 @@ class Processor:
         if outcome.type in CLOSING_OUTCOMES:
             self._close(pending, target, now, expired=False, result=result)
         return self._finish(result, state, pending, applied, state_row, pending_row)
+
+    def _keep_unsubscribe(self, outcome: Outcome, rows: CustomerRows, result: Result) -> None:
+        """Record an unsubscribe no open decision claims in the customer's state (made if new)."""
+        state_row = rows.state(outcome.customer_id)
+        state, applied = decode_state_row(state_row)
+        if state is None:
+            seen = epoch_seconds(outcome.ts)
+            state = CustomerState(customer_id=outcome.customer_id, first_seen=seen, last_seen=seen)
+        log.info("unsubscribe kept without an open decision", extra={"channel": outcome.channel})
+        self._finish_state(result, apply_outcome(state, outcome, None), applied, state_row)
 
     # ---- timers -------------------------------------------------------------------------------
 

@@ -58,7 +58,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(names.outcomes, p),
         TopicSpec(names.decisions, p),
         TopicSpec(names.rewards, p),
-        TopicSpec(names.dlq, p),
+        # A dead letter carries the refused record base64-encoded (4/3 of its size): at the broker
+        # default (1 MiB) a refused record near that size could not be dead-lettered, and the
+        # worker, which loses nothing silently, stopped on it at every start.
+        TopicSpec(names.dlq, p, {"max.message.bytes": str(MAX_RECORD_BYTES)}),
         TopicSpec(names.ticks, p, {"retention.ms": str(24 * 3600 * 1000)}),
         TopicSpec(
             names.models,
@@ -169,7 +172,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
                 f"topic {spec.name} has {counts[spec.name]} partitions but KAIROS_PARTITIONS is "
                 f"{settings.partitions}; keyed topics must agree for the co-partitioned join"
             )
-    raise_record_limit(admin, settings.topics.models, MAX_RECORD_BYTES, timeout_s)
+    for topic in (settings.topics.models, settings.topics.dlq):
+        raise_record_limit(admin, topic, MAX_RECORD_BYTES, timeout_s)
     return counts
 
 

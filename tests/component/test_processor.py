@@ -16,10 +16,11 @@ from engine.campaign import builtin_campaign
 from engine.clock import ManualClock
 from engine.state import ALL_CHANNELS, CONVERTED
 from schemas.codec import decode_decision, decode_reward, encode
-from streams.dead_letters import original_bytes
+from streams.dead_letters import ORIGINAL_LIMIT_BYTES, original_bytes
 from streams.processor import MemoryRows, Processor, Result, decode_state_row
 from streams.settings import Settings
 from streams.timer_index import KEEP, TimerIndex
+from streams.topics import MAX_RECORD_BYTES
 
 START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -539,3 +540,55 @@ def test_a_record_without_a_key_on_another_partition_than_its_customers_is_resen
             raw_event(clock, cid, "cart_add"), rows, ("kairos.events.v1", where, 4), None, known
         )
         assert kept.state is not None and kept.outputs == []
+
+
+def _unsubscribed(rows: Rows, customer: str) -> list[str]:
+    state, _ = decode_state_row(rows.states.get(customer))
+    assert state is not None
+    return state.unsubscribed
+
+
+def test_an_unsubscribe_is_kept_though_no_open_decision_claims_it(
+    processor: Processor, clock: ManualClock
+) -> None:
+    """Late, for an unknown decision, or from a customer never seen: the unsubscribe was dropped
+    (or dead-lettered), and the customer could be messaged on the next trigger."""
+    rows = Rows()
+    result = rows.save(processor.on_event(raw_event(clock, "u1", "cart_abandoned"), rows, src()))
+    decision = decisions_of(result, processor.settings)[0]
+    clock.advance((decision.attribution_deadline - decision.decided_ts).total_seconds() + 1)
+    rows.save(processor.on_tick("u1", rows))  # the window closes: the decision is rewarded
+    late = raw_outcome(clock, "u-1", "u1", decision.decision_id, "unsubscribed")
+    assert rows.save(processor.on_outcome(late, rows, ("o", 0, 1))).outputs == []
+    assert _unsubscribed(rows, "u1") == ["all"]  # no channel known: every channel
+    again = raw_event(clock, "u1", "cart_abandoned")
+    after = decisions_of(rows.save(processor.on_event(again, rows, src())), processor.settings)
+    assert [list(d.probabilities) for d in after] == [["no_action"]]  # every message removed
+
+    unknown = raw_outcome(clock, "u-2", "u2", "no-such-decision", "unsubscribed", channel="sms")
+    kept = rows.save(processor.on_outcome(unknown, rows, ("o", 0, 2)))
+    assert kept.outputs == []  # not dead-lettered: nothing is wrong with a customer's wish
+    assert _unsubscribed(rows, "u2") == ["sms"]  # a state row for a customer never seen
+
+    clicked = raw_outcome(clock, "u-3", "u3", "no-such-decision", "clicked")
+    refused = processor.on_outcome(clicked, rows, ("o", 0, 3))
+    letter = orjson.loads(refused.outputs[0].value)
+    assert letter["reason"] == "unknown_decision" and "'u3'" in letter["detail"]
+
+
+def test_a_dead_letter_fits_the_dead_letter_topic_whatever_the_refused_record_size(
+    processor: Processor,
+) -> None:
+    """A refused record travels whole up to ORIGINAL_LIMIT_BYTES, and is cut beyond: a letter the
+    broker refuses stopped the worker at every start (it loses nothing silently)."""
+    near_broker_limit = b"x" * 1_000_000
+    letter = processor.on_event(near_broker_limit, Rows(), SOURCE).outputs[0].value
+    assert original_bytes(letter) == near_broker_limit
+    assert "original_truncated" not in orjson.loads(letter)
+    huge = b"y" * (ORIGINAL_LIMIT_BYTES + 10)
+    letter = processor.on_event(huge, Rows(), SOURCE).outputs[0].value
+    fields = orjson.loads(letter)
+    assert fields["reason"] == "oversized"
+    assert fields["original_truncated"] is True and fields["original_size"] == len(huge)
+    assert original_bytes(letter) == huge[:ORIGINAL_LIMIT_BYTES]
+    assert len(letter) < MAX_RECORD_BYTES

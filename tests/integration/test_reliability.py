@@ -179,6 +179,21 @@ def test_every_bad_record_is_dead_lettered_with_a_reason_and_every_good_one_proc
             assert letter["topic"] in (settings.topics.events, settings.topics.outcomes)
 
 
+def test_a_record_near_the_broker_limit_is_dead_lettered_and_the_worker_goes_on(
+    fuzz_worker: tuple[Settings, TopicReader, TopicReader],
+) -> None:
+    """About 1 MB: the events topic takes it, base64 makes the letter 1.33 MB, which the
+    dead-letter topic refused at the broker default; the worker stopped at every start."""
+    settings, decisions, letters = fuzz_worker
+    big = b'{"padding": "' + b"x" * 1_000_000 + b'"}'
+    after = _good(f"after-big-{uuid.uuid4().hex[:8]}")
+    produce(settings, settings.topics.events, [big, after])
+    letters.until(lambda rs: any(original_bytes(orjson.dumps(r)) == big for r in rs), timeout_s=60)
+    decisions.until(
+        lambda rs: any(r["customer_id"] == after["customer_id"] for r in rs), timeout_s=60
+    )
+
+
 # --------------------------------------------------------------------------- crash safety
 
 

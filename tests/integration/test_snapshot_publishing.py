@@ -25,10 +25,11 @@ from tests.integration.metrics_scrape import scrape, total
 from tests.integration.test_topology import outcome
 
 
-def _record_limit(settings: Settings, limit: int | None = None) -> int:
-    """The models topic's max.message.bytes, after setting it to `limit` if given."""
+def _record_limit(settings: Settings, limit: int | None = None, topic: str | None = None) -> int:
+    """A topic's (the models topic's) max.message.bytes, after setting it to `limit` if given."""
     admin = AdminClient(settings.confluent_config())
-    resource = ConfigResource(ConfigResource.Type.TOPIC, settings.topics.models)
+    topic = topic or settings.topics.models
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     if limit is not None:
         resource.add_incremental_config(
             ConfigEntry(
@@ -36,7 +37,7 @@ def _record_limit(settings: Settings, limit: int | None = None) -> int:
             )
         )
         admin.incremental_alter_configs([resource])[resource].result(timeout=10)
-        resource = ConfigResource(ConfigResource.Type.TOPIC, settings.topics.models)
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
         # KRaft acknowledges the change before the broker's metadata shows it (seen: a describe
         # right after still read the old value, so the code under test saw no old limit).
         deadline = time.monotonic() + 10
@@ -85,10 +86,15 @@ def test_a_refused_snapshot_is_counted_and_retried_and_the_worker_keeps_deciding
     assert read_latest_snapshots(settings).get("cart_abandonment") is not None
 
 
-def test_starting_raises_an_old_models_topics_record_limit(settings: Settings) -> None:
-    _record_limit(settings, limit=1_048_588)  # the broker default that refused 1.9 MB snapshots
+def test_starting_raises_an_old_models_and_dead_letter_topics_record_limit(
+    settings: Settings,
+) -> None:
+    # the broker default, which refused 1.9 MB snapshots and 1.33 MB dead letters
+    for topic in (settings.topics.models, settings.topics.dlq):
+        _record_limit(settings, limit=1_048_588, topic=topic)
     ensure_topics(settings)
-    assert _record_limit(settings) == MAX_RECORD_BYTES
+    for topic in (settings.topics.models, settings.topics.dlq):
+        assert _record_limit(settings, topic=topic) == MAX_RECORD_BYTES
 
 
 def test_the_loader_reads_a_transactionally_written_models_topic_to_its_end_without_waiting(

@@ -304,3 +304,7 @@ def test_unsubscribed_channels_are_never_messaged() -> None:
     action = CAMPAIGN.action(sorted(emails)[0])
     assert blocked_by(CAMPAIGN, action, [], NOW, None, unsubscribed=("email",)) == "unsubscribed"
     assert blocked_by(CAMPAIGN, action, [], NOW, None) is None
+    # An unsubscribe not tied to a channel blocks every message; no-action stays
+    everywhere = apply_guardrails(CAMPAIGN, CAMPAIGN.action_ids, [], NOW, None, ["all"])
+    assert everywhere.allowed == (NO_ACTION_ID,)
+    assert blocked_by(CAMPAIGN, action, [], NOW, None, unsubscribed=("all",)) == "unsubscribed"

@@ -374,11 +374,17 @@ def test_activity_counts_day_and_evening_events_in_local_time() -> None:
 def test_an_unsubscribe_is_remembered_per_channel_and_survives_encoding() -> None:
     state = apply(None, ev("page_view"))
     unsub = Outcome(outcome_id="u1", customer_id="c1", type="unsubscribed", ts=T0)
-    assert apply_outcome(state, unsub) is state  # channel unknown: nothing to remember
     state = apply_outcome(state, unsub, "sms")
     state = apply_outcome(state, unsub, "email")
     assert state.unsubscribed == ["email", "sms"]
     assert apply_outcome(state, unsub, "sms") is state
+    told = msgspec.structs.replace(unsub, channel="push")  # the sender named the channel
+    assert apply_outcome(state, told).unsubscribed == ["email", "push", "sms"]
+    assert apply_outcome(state, told, "sms") is state  # the decision's channel comes first
+    # No channel known anywhere (a late report, no decision id): every channel, not none
+    everywhere = apply_outcome(state, unsub)
+    assert everywhere.unsubscribed == ["all", "email", "sms"]
+    assert apply_outcome(everywhere, told) is everywhere
     assert state.engagement == {}  # an unsubscribe is not an engagement count
     assert decode_state(encode_state(state)) == state
     typical = msgspec.structs.replace(typical_state(), unsubscribed=["sms"])
