@@ -200,15 +200,22 @@ class Guardrails:
 
 @dataclass(frozen=True, slots=True)
 class OutcomeValue:
-    """The reward of one outcome type: `base + per_value * outcome.value`, capped at `cap`."""
+    """The reward of one outcome type: `base + per_value * outcome.value`, within [floor, cap].
+
+    Bounds matter when the value comes from a sender: one outcome with a wrong sign or scale
+    (value -1e12, which the schema accepts) gave a reward of -1e10 and wrecked its arm's model.
+    """
 
     base: float = 0.0
     per_value: float = 0.0
     cap: float | None = None
+    floor: float | None = None
 
     def of(self, value: float) -> float:
         """Return the reward contributed by one outcome carrying `value`."""
         reward = self.base + self.per_value * value
+        if self.floor is not None and reward < self.floor:
+            reward = self.floor
         return min(reward, self.cap) if self.cap is not None else reward
 
 
@@ -835,9 +842,11 @@ def _parse_reward(table: _Table) -> RewardDefinition:
 
 
 def _parse_outcome_value(spec: object, path: str) -> OutcomeValue:
-    """Read an outcome's reward: a number, "value" (its own value) or {base, per_value, cap}."""
+    """Read an outcome's reward: a number, "value" (its own value) or {base, per_value, cap, floor}."""
     if isinstance(spec, bool):
-        raise CampaignError(path, 'must be a number, "value" or a table {base, per_value, cap}')
+        raise CampaignError(
+            path, 'must be a number, "value" or a table {base, per_value, cap, floor}'
+        )
     if isinstance(spec, int | float):
         if not math.isfinite(spec):
             raise CampaignError(path, "must be finite")
@@ -849,9 +858,12 @@ def _parse_outcome_value(spec: object, path: str) -> OutcomeValue:
         base = table.number("base", default=0.0, low=-1e6, high=1e6)
         per_value = table.number("per_value", default=0.0, low=-1e6, high=1e6)
         cap = table.number("cap", low=-1e6, high=1e6) if table.has("cap") else None
+        floor = table.number("floor", low=-1e6, high=1e6) if table.has("floor") else None
+        if cap is not None and floor is not None and floor > cap:
+            raise CampaignError(table.at("floor"), f"{floor:g} is above cap ({cap:g})")
         table.done()
-        return OutcomeValue(base, per_value, cap)
-    raise CampaignError(path, 'must be a number, "value" or a table {base, per_value, cap}')
+        return OutcomeValue(base, per_value, cap, floor)
+    raise CampaignError(path, 'must be a number, "value" or a table {base, per_value, cap, floor}')
 
 
 def load_campaign(path: str | Path) -> Campaign:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.campaign import Campaign, builtin_campaign, parse_campaign
+from engine.campaign import Campaign, CampaignError, builtin_campaign, parse_campaign
 from engine.rewards import attribution_deadline, outcome_reward, reward_of
 from schemas.records import Outcome
 
@@ -83,6 +83,21 @@ def test_value_based_outcomes() -> None:
 def test_builtin_cross_sell_reward() -> None:
     c = builtin_campaign("cross_sell")
     assert reward_of(c, [outcome("clicked"), outcome("converted", 80.0)]) == pytest.approx(1.3)
+    # A sender's wrong sign or scale stays within the campaign's bounds: it gave -1e10 (QA)
+    assert reward_of(c, [outcome("converted", -1e12)]) == 0.0
+    assert reward_of(c, [outcome("converted", 1e12)]) == 2.0
+
+
+def test_a_floor_bounds_a_value_based_reward_from_below_and_must_not_pass_the_cap() -> None:
+    c = campaign(converted={"per_value": 1.0, "floor": -5.0, "cap": 5.0})
+    assert [outcome_reward(c, outcome("converted", v)) for v in (-1e12, -2.0, 3.0, 1e12)] == [
+        -5.0,
+        -2.0,
+        3.0,
+        5.0,
+    ]
+    with pytest.raises(CampaignError, match=r"reward\.outcomes\.converted\.floor.*above cap"):
+        campaign(converted={"per_value": 1.0, "floor": 3.0, "cap": 2.0})
 
 
 @given(
