@@ -79,6 +79,12 @@ class WorkerMetrics:
         self.triggers = Counter(
             "kairos_triggers_total", "Triggers detected, by type", ["type"], registry=r
         )
+        self.stale_triggers = Counter(
+            "kairos_stale_triggers_total",
+            "Triggers not decided on: older than KAIROS_MAX_TRIGGER_AGE_S when reached",
+            ["type"],
+            registry=r,
+        )
         self.decisions = Counter(
             "kairos_decisions_total",
             "Decisions sent to the action topic",

@@ -228,6 +228,8 @@ class Processor:
         self._outcomes_in = Children(m.outcomes_in)
         self._duplicates = Children(m.duplicates)
         self._triggers = Children(m.triggers)
+        self._stale_triggers = Children(m.stale_triggers)
+        self._max_trigger_age = timedelta(seconds=settings.max_trigger_age_s)
         self._decisions = Children(m.decisions)
         self._rewards = Children(m.rewards)
         self._reward_value = Children(m.reward_value)
@@ -437,6 +439,9 @@ class Processor:
     ) -> CustomerState:
         for trigger in triggers:
             self._triggers(trigger.type).inc()
+            if now - trigger.ts > self._max_trigger_age:  # history, not a moment to act on
+                self._stale_triggers(trigger.type).inc()
+                continue
             for runtime in self._by_trigger.get(trigger.type, ()):
                 did = decision_id(runtime.campaign.name, trigger.trigger_id)
                 made = next((o for o in pending.open if o.decision.decision_id == did), None)

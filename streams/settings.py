@@ -223,6 +223,14 @@ class Settings(BaseSettings):
     # Input hygiene.
     max_event_age_days: float = Field(default=30.0, gt=0)
     max_event_future_s: float = Field(default=300.0, ge=0)
+    max_trigger_age_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="A trigger older than this when the worker reaches it (events backfilled or "
+        "replayed from history, a timer that fell due long ago) updates the state but is not "
+        "decided on (kairos_stale_triggers_total): a month of replayed events must not message "
+        "customers about carts they left weeks ago.",
+    )
     # Web: health, metrics, dashboard, customer lookup.
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)

@@ -592,3 +592,32 @@ def test_a_dead_letter_fits_the_dead_letter_topic_whatever_the_refused_record_si
     assert fields["original_truncated"] is True and fields["original_size"] == len(huge)
     assert original_bytes(letter) == huge[:ORIGINAL_LIMIT_BYTES]
     assert len(letter) < MAX_RECORD_BYTES
+
+
+def test_history_replayed_from_weeks_ago_updates_state_but_messages_no_one(
+    processor: Processor, clock: ManualClock
+) -> None:
+    """Events of 20 days ago (inside the 30-day event age) made decisions now: a cart left weeks
+    ago got a reminder, a first purchase of last month a cross-sell (QA, backfilling history)."""
+    rows = Rows()
+    then = (clock.now() - timedelta(days=20)).isoformat()
+    for kind, fields in (
+        ("cart_add", {"price": 40.0, "product_id": "p1"}),
+        ("cart_abandoned", {}),
+        ("purchase", {"order_value": 40.0}),
+        ("cart_add", {"price": 40.0, "product_id": "p2"}),  # arms a timer due 20 days ago
+    ):
+        result = rows.save(
+            processor.on_event(raw_event(clock, "h1", kind, ts=then, **fields), rows, src())
+        )
+        assert decisions_of(result, processor.settings) == []
+    assert decisions_of(rows.save(processor.on_tick("h1", rows)), processor.settings) == []
+    state, _ = decode_state_row(rows.states["h1"])
+    assert state is not None and state.purchase_count == 1 and "p2" in state.cart
+    stale = processor.metrics.stale_triggers
+    assert stale.labels(type="cart_abandoned")._value.get() == 2  # the explicit one and the timer
+    assert stale.labels(type="first_purchase")._value.get() == 1
+    # Within the limit (KAIROS_MAX_TRIGGER_AGE_S, a day by default) a trigger is decided on.
+    recent = (clock.now() - timedelta(hours=23)).isoformat()
+    late = processor.on_event(raw_event(clock, "h2", "cart_abandoned", ts=recent), rows, src())
+    assert len(decisions_of(late, processor.settings)) == 1
