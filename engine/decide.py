@@ -189,6 +189,7 @@ def decide_traced(
             trigger_ts=trigger.ts,
             decided_ts=now,
             attribution_deadline=attribution_deadline(now, campaign, sent_at),
+            send_at=sent_at,
         )
         return DecisionTrace(decision, ineligible, rails)
 

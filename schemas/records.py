@@ -120,6 +120,9 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     trigger_ts: UtcDatetime
     decided_ts: UtcDatetime
     attribution_deadline: UtcDatetime
+    send_at: UtcDatetime | None = None
+    """When the sender should deliver the message: decided_ts for the "now" slot, the next local
+    slot hour (the customer's zone) for a deferred one. Absent from records made before it."""
 
 
 class RewardRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
@@ -510,3 +511,22 @@ def test_a_decision_random_source_repeats_per_decision_and_is_uniform() -> None:
     following = rng.random()
     rng.setstate(state)
     assert rng.random() == following
+
+
+def test_every_decision_says_when_to_send_it() -> None:
+    """A deferred slot's send time needed the campaign's slot hour and the customer's zone, which
+    only Kairos holds (QA: a sender could only work it out from the attribution deadline)."""
+    runtime = CampaignRuntime.from_campaign(CART, seed=3)
+    window = timedelta(seconds=CART.reward.attribution_window_s)
+    slots: set[str] = set()
+    for n, customer in enumerate(not_held_out(CART)[:150]):
+        d = runtime.decide(state(customer), trigger(customer, "cart_abandoned", n), NOW)
+        assert d.send_at is not None and d.attribution_deadline == d.send_at + window
+        slot = d.action.get("slot")
+        if slot == "evening":  # 19:00 in Paris, the customer's zone, later today
+            local = d.send_at.astimezone(ZoneInfo("Europe/Paris"))
+            assert (local.hour, local.minute, local.date()) == (19, 0, NOW.date())
+        else:
+            assert d.send_at == d.decided_ts
+        slots.add(str(slot))
+    assert {"evening", "now"} <= slots

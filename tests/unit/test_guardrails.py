@@ -305,6 +305,8 @@ def test_unsubscribed_channels_are_never_messaged() -> None:
     assert blocked_by(CAMPAIGN, action, [], NOW, None, unsubscribed=("email",)) == "unsubscribed"
     assert blocked_by(CAMPAIGN, action, [], NOW, None) is None
     # An unsubscribe not tied to a channel blocks every message; no-action stays
-    everywhere = apply_guardrails(CAMPAIGN, CAMPAIGN.action_ids, [], NOW, None, ["all"])
+    everywhere = apply_guardrails(
+        CAMPAIGN, CAMPAIGN.action_ids, [], NOW, None, unsubscribed=["all"]
+    )
     assert everywhere.allowed == (NO_ACTION_ID,)
     assert blocked_by(CAMPAIGN, action, [], NOW, None, unsubscribed=("all",)) == "unsubscribed"
