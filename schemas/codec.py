@@ -134,12 +134,27 @@ def _decode(
     except msgspec.ValidationError as exc:
         raise _classify(data, exc, types, nested) from None
     except msgspec.DecodeError as exc:
+        if not len(data):  # not memoryview-safe to compare with b""
+            raise RecordError("malformed_json", "empty record (a tombstone, or no value)") from None
         raise RecordError("malformed_json", str(exc)) from None
 
 
 def _utc(ts: datetime) -> datetime:
     """Convert an aware datetime to UTC (no-op, same object, when it already is)."""
     return ts if ts.tzinfo is UTC else ts.astimezone(UTC)
+
+
+def _record_utc(ts: datetime) -> datetime:
+    """A decoded record's timestamp in UTC; timestamp_out_of_range if UTC cannot hold it (a year
+    1 or 9999 date with an offset: it was a processing_error with an OverflowError traceback)."""
+    if ts.tzinfo is UTC:
+        return ts
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError:
+        raise RecordError(
+            "timestamp_out_of_range", f"ts {ts.isoformat()} is outside the dates UTC can hold"
+        ) from None
 
 
 def _check_common(version: int, customer_id: str) -> None:
@@ -158,7 +173,7 @@ def decode_event(data: Buffer) -> Event:
         raise RecordError("unknown_type", f"type {event.type!r} - at `$.type`")
     ts = event.ts
     if ts.tzinfo is not UTC:
-        event = msgspec.structs.replace(event, ts=ts.astimezone(UTC))
+        event = msgspec.structs.replace(event, ts=_record_utc(ts))
     return event
 
 
@@ -170,7 +185,7 @@ def decode_outcome(data: Buffer) -> Outcome:
         raise RecordError("unknown_type", f"type {outcome.type!r} - at `$.type`")
     ts = outcome.ts
     if ts.tzinfo is not UTC:
-        outcome = msgspec.structs.replace(outcome, ts=ts.astimezone(UTC))
+        outcome = msgspec.structs.replace(outcome, ts=_record_utc(ts))
     return outcome
 
 

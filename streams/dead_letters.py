@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final
 
 import orjson
@@ -18,9 +18,16 @@ ORIGINAL_LIMIT_BYTES: Final[int] = 8 * 1024 * 1024
 
 
 def dead_letter_record(
-    raw: bytes, topic: str, partition: int, offset: int, error: RecordError, now: datetime
+    raw: bytes,
+    topic: str,
+    partition: int,
+    offset: int,
+    error: RecordError,
+    now: datetime,
+    key: bytes | None = None,
 ) -> bytes:
-    """Encode a dead letter as JSON; the original bytes travel base64-encoded, unchanged.
+    """Encode a dead letter as JSON; the original bytes and key travel base64-encoded, unchanged
+    (the key may be the only clue to whose a record without a customer id was).
 
     Above ORIGINAL_LIMIT_BYTES only the first that many travel (`original_truncated`, with
     `original_size`): a letter the broker refuses would stop the worker at every start.
@@ -32,7 +39,8 @@ def dead_letter_record(
         "partition": partition,
         "offset": offset,
         "original": base64.b64encode(raw[:ORIGINAL_LIMIT_BYTES]).decode("ascii"),
-        "dead_lettered_at": now.isoformat(),
+        "key": None if key is None else base64.b64encode(key).decode("ascii"),
+        "dead_lettered_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z"),  # as records
     }
     if len(raw) > ORIGINAL_LIMIT_BYTES:
         letter["original_truncated"] = True

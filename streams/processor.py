@@ -262,7 +262,7 @@ class Processor:
             event = decode_event(raw)
             check_time(event.ts, now, self._max_event_past_s, self._max_event_future_s)
         except RecordError as error:
-            return self._dead_letter(raw, source, error)
+            return self._dead_letter(raw, source, error, key)
         customer_id = event.customer_id
         if self._misplaced(customer_id, source, key, partitions):
             return self._reroute(raw, source, customer_id)
@@ -308,8 +308,10 @@ class Processor:
         now = self.clock.now()
         try:
             outcome = decode_outcome(raw)
+            # The same windows as events: a sender's clock far off is refused, not joined.
+            check_time(outcome.ts, now, self._max_event_past_s, self._max_event_future_s)
         except RecordError as error:
-            return self._dead_letter(raw, source, error)
+            return self._dead_letter(raw, source, error, key)
         customer_id = outcome.customer_id
         if self._misplaced(customer_id, source, key, partitions):
             return self._reroute(raw, source, customer_id)
@@ -334,7 +336,8 @@ class Processor:
                 return self._dead_letter(
                     raw,
                     source,
-                    RecordError(
+                    key=key,
+                    error=RecordError(
                         "unknown_decision",
                         f"no decision {outcome.decision_id!r} of customer {customer_id!r} "
                         "open or recently closed",
@@ -602,13 +605,19 @@ class Processor:
         error = RecordError("processing_error", f"{type(exc).__name__}: {exc}"[:500])
         return self._dead_letter(raw, source, error)
 
-    def _dead_letter(self, raw: bytes, source: tuple[str, int, int], error: RecordError) -> Result:
+    def _dead_letter(
+        self,
+        raw: bytes,
+        source: tuple[str, int, int],
+        error: RecordError,
+        key: bytes | None = None,
+    ) -> Result:
         self.metrics.dead_letters.labels(reason=error.reason).inc()
         topic, partition, offset = source
         log.warning(
             "dead-lettered record from %s[%d]@%d: %s", topic, partition, offset, error.reason
         )
-        value = dead_letter_record(raw, topic, partition, offset, error, self.clock.now())
+        value = dead_letter_record(raw, topic, partition, offset, error, self.clock.now(), key)
         return Result(
             None, outputs=[Output(self._topics.dlq, f"{topic}:{partition}".encode(), value)]
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import uuid
@@ -17,7 +18,7 @@ from engine.clock import ManualClock
 from engine.state import ALL_CHANNELS, CONVERTED
 from schemas.codec import decode_decision, decode_reward, encode
 from streams.dead_letters import ORIGINAL_LIMIT_BYTES, original_bytes
-from streams.processor import MemoryRows, Processor, Result, decode_state_row
+from streams.processor import MemoryRows, Processor, Result, decode_pending, decode_state_row
 from streams.settings import Settings
 from streams.timer_index import KEEP, TimerIndex
 from streams.topics import MAX_RECORD_BYTES
@@ -274,10 +275,12 @@ def test_bad_records_are_dead_lettered_with_reason_and_original_bytes(
 ) -> None:
     rows = Rows()
     bad = b'{"type": "purchase", "customer_id": 5'
-    result = processor.on_event(bad, rows, ("kairos.events.v1", 1, 42))
+    result = processor.on_event(bad, rows, ("kairos.events.v1", 1, 42), key=b"cust-\xff")
     assert [o.topic for o in result.outputs] == [processor.settings.topics.dlq]
     letter = orjson.loads(result.outputs[0].value)
     assert letter["reason"] == "malformed_json"
+    assert base64.b64decode(letter["key"]) == b"cust-\xff"  # whose it was, when the id is not
+    assert letter["dead_lettered_at"].endswith("Z")
     assert (letter["topic"], letter["partition"], letter["offset"]) == ("kairos.events.v1", 1, 42)
     assert original_bytes(result.outputs[0].value) == bad
 
@@ -621,3 +624,20 @@ def test_history_replayed_from_weeks_ago_updates_state_but_messages_no_one(
     recent = (clock.now() - timedelta(hours=23)).isoformat()
     late = processor.on_event(raw_event(clock, "h2", "cart_abandoned", ts=recent), rows, src())
     assert len(decisions_of(late, processor.settings)) == 1
+
+
+def test_an_outcome_from_a_clock_far_off_is_dead_lettered_like_an_event(
+    processor: Processor, clock: ManualClock
+) -> None:
+    """Outcome times were never checked: one stamped 10 days ahead joined its decision (QA)."""
+    rows = Rows()
+    result = rows.save(processor.on_event(raw_event(clock, "f1", "cart_abandoned"), rows, src()))
+    decision = decisions_of(result, processor.settings)[0]
+    ahead = (clock.now() + timedelta(days=10)).isoformat()
+    skewed = raw_outcome(clock, "f-1", "f1", decision.decision_id, "clicked", ts=ahead)
+    letter = orjson.loads(processor.on_outcome(skewed, rows, ("o", 0, 1)).outputs[0].value)
+    assert letter["reason"] == "timestamp_out_of_range"
+    assert letter["dead_lettered_at"].endswith("Z")
+    on_time = raw_outcome(clock, "f-2", "f1", decision.decision_id, "clicked")
+    assert rows.save(processor.on_outcome(on_time, rows, ("o", 0, 2))).outputs == []
+    assert decode_pending(rows.pendings["f1"]).open[0].outcome_ids == ["f-2"]

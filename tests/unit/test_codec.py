@@ -147,6 +147,19 @@ def test_malformed_json(data: bytes) -> None:
     assert reason_of(data).reason == "malformed_json"
 
 
+def test_an_empty_record_and_a_date_utc_cannot_hold_have_reasons_that_say_so() -> None:
+    """A tombstone read as "Input data was truncated"; year 1 at +14:00 raised an OverflowError
+    in processing (a processing_error with a traceback in the log)."""
+    assert "empty record" in reason_of(b"").detail
+    for ts in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"):
+        error = reason_of(raw(ts=ts))
+        assert error.reason == "timestamp_out_of_range" and "outside the dates" in error.detail
+        with pytest.raises(RecordError, match="outside the dates"):
+            decode_outcome(
+                orjson.dumps({"outcome_id": "o", "customer_id": "c", "type": "opened", "ts": ts})
+            )
+
+
 def test_non_object_is_invalid() -> None:
     assert reason_of(b"[1]").reason == "invalid_record"
     assert reason_of(b"null").reason == "invalid_record"
