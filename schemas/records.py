@@ -135,6 +135,10 @@ class RewardRecord(msgspec.Struct, frozen=True, kw_only=True):
     outcome_types: list[str]
     expired: bool
     joined_ts: UtcDatetime
+    learned_version: int | None = None
+    """The campaign's model version once the worker that joined this reward had learned it
+    (local learning); None when a learner is left to learn it. A learner that starts from a
+    snapshot of version V skips the rewards with learned_version <= V: they are in it."""
 
 
 #: Every wire record type, by the file stem of its JSON Schema.

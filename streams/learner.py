@@ -28,6 +28,7 @@ from confluent_kafka import (
 from engine.campaign import Campaign
 from engine.decide import CampaignRuntime
 from schemas.codec import RecordError, decode_reward
+from schemas.records import RewardRecord
 from streams.metrics import WorkerMetrics
 from streams.model_store import snapshot_key_bytes, take_snapshot
 from streams.settings import Settings
@@ -105,6 +106,10 @@ def run_learner(
     consumer = Consumer(consumer_config(settings, f"{settings.app_id}-learner"))
     producer = Producer(producer_config(settings))
     _load_published(settings, runtimes)
+    # What the loaded snapshots hold of rewards that workers learned themselves (local learning):
+    # a learner taking over from them would otherwise learn those again, as many as the rewards
+    # topic still holds (a deployment moving from one worker to several counted each twice).
+    in_snapshot = {name: r.bandit.version for name, r in runtimes.items()}
     consumer.subscribe([settings.topics.rewards])
     last_publish = time.monotonic()
     last_reward = time.monotonic()
@@ -122,7 +127,11 @@ def run_learner(
                     log.warning("skipping unreadable reward: %s", exc.reason)
                 else:
                     runtime = runtimes.get(record.decision.campaign)
-                    if recent.first_time(record.decision.decision_id) and runtime is not None:
+                    if (
+                        runtime is not None
+                        and recent.first_time(record.decision.decision_id)
+                        and not in_snapshot_already(record, in_snapshot)
+                    ):
                         runtime.learn(record)  # holdouts teach uplift baselines (engine.decide)
                         if log.isEnabledFor(logging.DEBUG):  # per reward: only when asked
                             log.debug(
@@ -148,6 +157,12 @@ def run_learner(
         _commit(consumer)
         consumer.close()
     return {name: r.bandit.version for name, r in runtimes.items()}
+
+
+def in_snapshot_already(record: RewardRecord, in_snapshot: dict[str, int]) -> bool:
+    """True for a reward a worker learned itself before the snapshot the learner started from."""
+    learned = record.learned_version
+    return learned is not None and learned <= in_snapshot.get(record.decision.campaign, 0)
 
 
 #: Decision ids the learner remembers to drop repeated reward records (see RecentIds).

@@ -400,19 +400,21 @@ class Processor:
 
     # ---- learning -----------------------------------------------------------------------------
 
-    def learn(self, record: RewardRecord) -> None:
-        """Update the deciding campaign's models in process (one worker: no staleness).
+    def learn(self, record: RewardRecord) -> bool:
+        """Update the deciding campaign's models in process (one worker: no staleness); True if
+        they learned (local learning, and a record that teaches something).
 
         The engine's rule decides what a record teaches (engine.decide.learn): a holdout's reward
         teaches an uplift campaign's no-action baseline, the one unconfounded sample of it.
         """
         runtime = self.runtimes.get(record.decision.campaign)
         if runtime is None or self.settings.learning != "local" or not runtime.learn(record):
-            return
+            return False
         self._model_updates(runtime.campaign.name).inc()
         self._model_version(runtime.campaign.name).set(runtime.bandit.version)
         if self._on_learn is not None:
             self._on_learn(runtime.campaign.name, record)
+        return True
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -527,6 +529,8 @@ class Processor:
         )
         pending.open.remove(item)
         pending.closed = _ring(pending.closed, decision.decision_id, RECENT_CLOSED)
+        if self.learn(record) and runtime is not None:
+            record = msgspec.structs.replace(record, learned_version=runtime.bandit.version)
         result.rewards.append(record)
         result.outputs.append(
             Output(self._topics.rewards, decision.customer_id.encode(), encode(record))
@@ -540,7 +544,6 @@ class Processor:
             self._policy_value(decision.campaign).set(monitor.snips)
             self._min_propensity(decision.campaign).set(monitor.min_propensity)
             self._policy_ess(decision.campaign).set(monitor.ess)
-        self.learn(record)
 
     def _finish(
         self,

@@ -181,6 +181,7 @@ def test_a_conversion_with_the_decision_id_is_rewarded_once_and_the_model_learns
     assert not rewards[0].expired
     # Learned either way: a holdout's reward teaches this uplift campaign's no-action baseline.
     assert processor.runtimes["cart_abandonment"].bandit.version == version_before + 1
+    assert rewards[0].learned_version == version_before + 1  # a learner taking over skips it
     # The same outcome again is a duplicate; a later one for the closed decision is late.
     assert rows.save(processor.on_outcome(outcome, rows, ("o", 0, 1))).outputs == []
     late = raw_outcome(clock, "o-2", "c3", decision.decision_id, "clicked")
@@ -641,3 +642,18 @@ def test_an_outcome_from_a_clock_far_off_is_dead_lettered_like_an_event(
     on_time = raw_outcome(clock, "f-2", "f1", decision.decision_id, "clicked")
     assert rows.save(processor.on_outcome(on_time, rows, ("o", 0, 2))).outputs == []
     assert decode_pending(rows.pendings["f1"]).open[0].outcome_ids == ["f-2"]
+
+
+def test_a_worker_that_leaves_learning_to_a_learner_marks_no_reward_as_learned(
+    clock: ManualClock,
+) -> None:
+    remote = Processor(Settings(learning="remote"), [builtin_campaign("cart_abandonment")], clock)
+    rows = Rows()
+    result = rows.save(remote.on_event(raw_event(clock, "r1", "cart_abandoned"), rows, src()))
+    decision = decisions_of(result, remote.settings)[0]
+    converted = raw_outcome(clock, "r-1", "r1", decision.decision_id, "converted", value=1.0)
+    joined = rows.save(remote.on_outcome(converted, rows, ("o", 0, 1)))
+    (reward,) = [decode_reward(o.value) for o in joined.outputs]
+    assert (
+        reward.learned_version is None and remote.runtimes["cart_abandonment"].bandit.version == 0
+    )

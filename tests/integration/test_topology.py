@@ -297,3 +297,33 @@ def test_a_learner_stopped_by_sigterm_publishes_what_it_learned_since_its_last_s
             time.sleep(0.3)
         assert seen == len(sent)
     decisions.close()
+
+
+def test_a_learner_taking_over_from_a_local_worker_does_not_learn_its_rewards_again(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Moving from one worker (local learning) to several and a learner: the learner loaded the
+    worker's snapshot and learned the rewards in it again from the rewards topic (QA: model
+    version 10 -> 20 on 10 rewards), counting each twice."""
+    decisions = TopicReader(settings, settings.topics.decisions)
+    rewards = TopicReader(settings, settings.topics.rewards)
+    customers = [f"handover-{i:02d}" for i in range(30)]
+    with WorkerProcess(settings, tmp_path / "local.log") as worker:
+        worker.wait_ready(60)
+        produce(settings, settings.topics.events, [event(c, "cart_abandoned") for c in customers])
+        got = decisions.until(lambda r: len(r) >= len(customers))
+        sent = [d for d in got if not d["holdout"]][:10]
+        produce(
+            settings,
+            settings.topics.outcomes,
+            [outcome(d, "converted", f"h-{d['decision_id']}") for d in sent],
+        )
+        joined = rewards.until(lambda r: len(r) >= len(sent))
+        learned = _wait_for_snapshot(settings, "cart_abandonment", minimum_version=len(sent))
+    decisions.close()
+    rewards.close()
+    assert learned == len(sent)
+    assert sorted(r["learned_version"] for r in joined) == list(range(1, len(sent) + 1))
+    remote = settings.model_copy(update={"learning": "remote"})
+    campaigns = [builtin_campaign(n) for n in ("cart_abandonment", "cross_sell", "win_back")]
+    assert run_learner(remote, campaigns, max_idle_s=3.0)["cart_abandonment"] == len(sent)
