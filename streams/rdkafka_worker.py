@@ -126,9 +126,13 @@ class TableStore:
         partition: int,
         options: rocksdict.Options,
         keep_crashed: bool = False,
+        changelog: str | None = None,
     ) -> None:
         self.table = table
         self.partition = partition
+        #: The changelog topic this store mirrors: its checkpoint names it, and one written for
+        #: another (a data directory reused under another app id) is not trusted.
+        self.changelog = changelog
         self.path = root / f"{table}-{partition}.db"
         self._options = options
         self._checkpoint = root / f"{table}-{partition}{CHECKPOINT_SUFFIX}"
@@ -147,10 +151,20 @@ class TableStore:
         try:
             data = json.loads(self._checkpoint.read_text())
             self._checkpoint.unlink()
-            return int(data["changelog_offset"])
+            offset = int(data["changelog_offset"])
         except (OSError, ValueError, KeyError, TypeError):
             self._checkpoint.unlink(missing_ok=True)
             return None
+        written_for = data.get("changelog_topic")  # absent from checkpoints before 2026-12-07
+        if written_for is not None and self.changelog is not None and written_for != self.changelog:
+            # Its offset would fall inside this changelog's range too and be trusted: the worker
+            # kept another app's rows and missed its own (found by QA, app id changed).
+            log.warning(
+                "table checkpoint written for another changelog: rebuilding",
+                extra={"path": str(self.path), "checkpoint_for": written_for},
+            )
+            return None
+        return offset
 
     def _read_owner(self) -> tuple[str, int] | None:
         try:
@@ -178,7 +192,11 @@ class TableStore:
         if changelog_offset is not None:
             _write_atomically(
                 self._checkpoint,
-                {"changelog_offset": changelog_offset, "closed_at": datetime.now(UTC).isoformat()},
+                {
+                    "changelog_topic": self.changelog,
+                    "changelog_offset": changelog_offset,
+                    "closed_at": datetime.now(UTC).isoformat(),
+                },
             )
             self._owner.unlink(missing_ok=True)
 
@@ -871,8 +889,22 @@ class RdkafkaWorker:
         opened = {
             p: PartitionTables(
                 p,
-                TableStore(self.root, TABLES[0], p, self._options, keep_crashed),
-                TableStore(self.root, TABLES[1], p, self._options, keep_crashed),
+                TableStore(
+                    self.root,
+                    TABLES[0],
+                    p,
+                    self._options,
+                    keep_crashed,
+                    self._changelogs[TABLES[0]],
+                ),
+                TableStore(
+                    self.root,
+                    TABLES[1],
+                    p,
+                    self._options,
+                    keep_crashed,
+                    self._changelogs[TABLES[1]],
+                ),
                 UnackedWrites(self.root, p, self._options) if keep_crashed else None,
             )
             for p in numbers

@@ -65,8 +65,8 @@ def test_an_epoch_without_records_commits_at_once() -> None:
     assert epochs.ready() == (epochs.current - 1, {("outcomes", 3): 7})
 
 
-def _store(root: Path) -> TableStore:
-    return TableStore(root, "customers", 2, _store_options(Settings()))
+def _store(root: Path, changelog: str = "app-customers-changelog") -> TableStore:
+    return TableStore(root, "customers", 2, _store_options(Settings()), changelog=changelog)
 
 
 def test_a_cleanly_closed_store_resumes_from_its_checkpoint(tmp_path: Path) -> None:
@@ -78,6 +78,20 @@ def test_a_cleanly_closed_store_resumes_from_its_checkpoint(tmp_path: Path) -> N
     assert reopened.resume_from == 42
     assert reopened.db.get(b"c1") == b"row"
     reopened.close(changelog_offset=None)
+
+
+def test_a_checkpoint_written_for_another_changelog_means_a_rebuild(tmp_path: Path) -> None:
+    """A data directory reused under another app id: the other app's checkpoint offset fell
+    inside this changelog's range, so its rows were kept and this app's missed (QA)."""
+    store = _store(tmp_path, "other-app-customers-changelog")
+    store.db.put(b"theirs", b"row")
+    store.close(changelog_offset=42)
+    mine = _store(tmp_path)
+    assert mine.resume_from is None and mine.db.get(b"theirs") is None
+    mine.close(changelog_offset=7)
+    again = _store(tmp_path)  # its own checkpoint, naming its changelog, is taken
+    assert again.resume_from == 7
+    again.close(changelog_offset=None)
 
 
 def test_a_store_not_closed_cleanly_is_rebuilt_from_nothing(tmp_path: Path) -> None:
