@@ -76,6 +76,17 @@ def _campaigns(references: list[str]) -> list[Campaign]:
         raise typer.Exit(2) from None
 
 
+def _broker(settings: Settings, command: str) -> None:
+    """Wait for the broker as a worker does (30 s), or end the command with one line, exit 2."""
+    from streams.topics import TopicSetupError, existing_topics
+
+    try:
+        existing_topics(settings, settings.broker_wait_s)
+    except TopicSetupError as exc:
+        err.print(f"[red]{command}:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def worker(
     campaign: Annotated[
@@ -134,6 +145,7 @@ def learner(
     settings = _settings(campaigns=campaign or None)
     campaigns = _campaigns(settings.campaigns)
     configure_logging(settings.log_level)
+    _broker(settings, "learner")  # its snapshot loader raised a traceback when none answered
     # SIGTERM (how process managers stop it) ends the loop like Ctrl-C: the learning since the
     # last snapshot is published and committed instead of replayed by the next learner.
     stop = threading.Event()
@@ -177,10 +189,11 @@ def topics(
 
     settings = _settings()
     try:
-        counts = ensure_topics(settings) if create else existing_topics(settings)
+        wait = settings.broker_wait_s
+        counts = ensure_topics(settings, wait) if create else existing_topics(settings, wait)
     except TopicSetupError as exc:  # a partition count that disagrees, no broker answering
         err.print(f"[red]topics:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None  # a setup problem, as for every other command
     for name, partitions in counts.items():
         console.print(f"{name}\t{'missing' if partitions is None else f'{partitions} partitions'}")
 
@@ -203,8 +216,10 @@ def tail(
     """Print a Kairos topic for people (the action topic by default)."""
     from streams.tail import TailError, tail_topic
 
+    settings = _settings()
+    _broker(settings, "tail")
     try:
-        tail_topic(_settings(), topic, from_beginning, max_records, idle_timeout, raw, console)
+        tail_topic(settings, topic, from_beginning, max_records, idle_timeout, raw, console)
     except TailError as exc:
         err.print(f"[red]tail:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -255,7 +270,12 @@ def export(
     """Write the rewards log (decisions joined with rewards) to JSON lines or Parquet."""
     from streams.export_command import run_export
 
-    raise typer.Exit(run_export(_settings(), output, campaign, timeout, console))
+    from streams.export_command import EXPORT_SUFFIXES
+
+    settings = _settings()
+    if output.suffix in EXPORT_SUFFIXES:  # else run_export says what it writes, broker or not
+        _broker(settings, "export")
+    raise typer.Exit(run_export(settings, output, campaign, timeout, console))
 
 
 @app.command()

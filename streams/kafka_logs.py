@@ -22,10 +22,12 @@ KAFKA_LOGGER_NAME: Final[str] = "kairos.kafka"
 REPEAT_WINDOW_S: Final[float] = 60.0
 
 # What differs between two lines that say the same thing: the client's name (admin, producer and
-# consumer fail alike) and the elapsed times librdkafka appends. Broker addresses are kept, so a
-# cluster with two brokers down shows both.
+# consumer fail alike) and the elapsed times and repeat counts librdkafka appends. Broker
+# addresses are kept, so a cluster with two brokers down shows both.
 _CLIENT_NAME = re.compile(r"\[rdkafka#[a-z]+-\d+\]")
-_ELAPSED = re.compile(r"\(after \d+ms in state [A-Z_]+\)|\d+ms")
+_ELAPSED = re.compile(
+    r"\(after \d+ms in state [A-Z_]+\)|\d+ms|, \d+ identical error\(s\) suppressed"
+)
 
 
 def line_kind(message: str) -> str:

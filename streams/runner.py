@@ -35,7 +35,7 @@ def run_worker(settings: Settings) -> None:
     started = time.monotonic()
     configure_logging(settings.log_level)
     campaigns = resolve_campaigns(settings.campaigns)
-    ensure_topics(settings)
+    ensure_topics(settings, settings.broker_wait_s)
     # Held for the process's life: the kernel drops it when the process ends, however it ends.
     cpu_latency = hold_cpu_latency(settings)
     if settings.runtime == "rdkafka":

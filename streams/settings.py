@@ -231,6 +231,12 @@ class Settings(BaseSettings):
         "decided on (kairos_stale_triggers_total): a month of replayed events must not message "
         "customers about carts they left weeks ago.",
     )
+    broker_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a starting command waits for the broker to answer before it ends "
+        "with one line (a broker started beside it may take a while).",
+    )
     # Web: health, metrics, dashboard, customer lookup.
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)

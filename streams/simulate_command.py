@@ -215,7 +215,7 @@ def run_kafka_simulation(
     if start_worker:
         settings = kafka_settings(settings, run_dir)
     campaign = simulation_campaign(KAFKA_WINDOW_S if start_worker else None)
-    ensure_topics(settings)
+    ensure_topics(settings, settings.broker_wait_s)
     worker = WorkerProcess(settings, run_dir / "worker.log").start() if start_worker else None
     run_tag = uuid.uuid4().hex[:6]
     population = make_population(customers, seed, prefix=f"kafka-{run_tag}")

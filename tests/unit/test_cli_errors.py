@@ -82,3 +82,19 @@ def test_export_refuses_a_format_it_does_not_write(tmp_path: Path) -> None:
     out = _run(["export", "-o", str(tmp_path / "rewards.csv")]).output
     assert "write .parquet or .jsonl" in out
     assert not (tmp_path / "rewards.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["learner"], "learner"),
+        (["tail"], "tail"),
+        (["export", "-o", "rewards.jsonl"], "export"),
+        (["topics", "--list"], "topics"),
+    ],
+)
+def test_no_broker_is_one_line_after_the_wait(args: list[str], command: str) -> None:
+    """The learner ended in a 47-line traceback; tail and export in a KafkaError repr after 10 s."""
+    out = _run(args, KAIROS_BROKER_WAIT_S="1").output
+    assert f"{command}: no answer from 127.0.0.1:1 within 1 s (is the broker running?)" in out
+    assert len(out.strip().splitlines()) <= 3, out  # one sentence, wrapped at most

@@ -30,6 +30,8 @@ def test_a_kind_of_line_is_the_text_without_client_name_or_elapsed_time() -> Non
     first = _record(REFUSED.format(ms=0)).getMessage()
     other = _record(REFUSED.format(ms=17), client="consumer-3").getMessage()
     assert line_kind(first) == line_kind(other)
+    counted = other + ", 584 identical error(s) suppressed"  # librdkafka's own count: same kind
+    assert line_kind(counted) == line_kind(first)
     elsewhere = first.replace("127.0.0.1:1", "10.0.0.2:9092")
     assert line_kind(elsewhere) != line_kind(first)  # each broker down is shown
 
