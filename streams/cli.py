@@ -268,9 +268,7 @@ def export(
     timeout: Annotated[float, typer.Option(help="Give up after this many idle seconds.")] = 10.0,
 ) -> None:
     """Write the rewards log (decisions joined with rewards) to JSON lines or Parquet."""
-    from streams.export_command import run_export
-
-    from streams.export_command import EXPORT_SUFFIXES
+    from streams.export_command import EXPORT_SUFFIXES, run_export
 
     settings = _settings()
     if output.suffix in EXPORT_SUFFIXES:  # else run_export says what it writes, broker or not
