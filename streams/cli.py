@@ -117,13 +117,14 @@ def worker(
         log_level=log_level,
         runtime=runtime,
     )
+    from streams.runner import DataDirError
     from streams.topics import TopicSetupError
     from streams.web_server import WebPortError
 
     _campaigns(settings.campaigns)  # a bad campaign is one line here, not a worker's traceback
     try:
         run_worker(settings)
-    except (WebPortError, TopicSetupError) as exc:  # start-up problems of the setup, not bugs
+    except (WebPortError, TopicSetupError, DataDirError) as exc:  # the setup's problems, not bugs
         err.print(f"[red]worker:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.campaign import Campaign
@@ -30,11 +32,33 @@ def use_event_loop(name: str) -> None:
         mode.loop.use("uvloop")
 
 
+class DataDirError(RuntimeError):
+    """The table directory (KAIROS_DATA_DIR) cannot be made or written."""
+
+
+def check_data_dir(path: Path) -> None:
+    """Make the table directory and write a file in it, or raise DataDirError naming it.
+
+    Checked before the worker joins its group: a file in its place or a read-only directory was
+    found only once partitions were assigned, as a rebalance failure that did not name the path.
+    """
+    probe = path / f".kairos-write-check-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DataDirError(
+            f"cannot write the table directory {path} (KAIROS_DATA_DIR): {exc.strerror or exc}"
+        ) from None
+
+
 def run_worker(settings: Settings) -> None:
     """Run a worker in this process until SIGTERM or Ctrl-C; returns after a clean stop."""
     started = time.monotonic()
     configure_logging(settings.log_level)
     campaigns = resolve_campaigns(settings.campaigns)
+    check_data_dir(settings.data_dir)
     ensure_topics(settings, settings.broker_wait_s)
     # Held for the process's life: the kernel drops it when the process ends, however it ends.
     cpu_latency = hold_cpu_latency(settings)

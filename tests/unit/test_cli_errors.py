@@ -98,3 +98,13 @@ def test_no_broker_is_one_line_after_the_wait(args: list[str], command: str) -> 
     out = _run(args, KAIROS_BROKER_WAIT_S="1").output
     assert f"{command}: no answer from 127.0.0.1:1 within 1 s (is the broker running?)" in out
     assert len(out.strip().splitlines()) <= 3, out  # one sentence, wrapped at most
+
+
+def test_a_table_directory_that_cannot_be_written_is_one_line_before_any_broker(
+    tmp_path: Path,
+) -> None:
+    """A file in its place was a rebalance failure, after joining the group, naming no path."""
+    blocker = tmp_path / "tables"
+    blocker.write_text("not a directory")
+    out = _run(["worker"], KAIROS_DATA_DIR=str(blocker / "inner")).output
+    assert "worker: cannot write the table directory" in out and str(blocker) in out
