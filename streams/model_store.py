@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from engine.bandit import ContextualBandit, SnapshotError
 from engine.decide import CampaignRuntime
@@ -33,9 +33,7 @@ def read_latest_snapshots(settings: Settings, timeout_s: float = 10.0) -> dict[s
         metadata = consumer.list_topics(topic, timeout=timeout_s)
         partitions = metadata.topics[topic].partitions if topic in metadata.topics else {}
         for partition in partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout_s
-            )
+            low, high = _watermarks(consumer, TopicPartition(topic, partition), timeout_s)
             if high <= low:
                 continue
             consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
@@ -62,6 +60,23 @@ def read_latest_snapshots(settings: Settings, timeout_s: float = 10.0) -> dict[s
     finally:
         consumer.close()
     return latest
+
+
+def _watermarks(consumer: Consumer, where: TopicPartition, timeout_s: float) -> tuple[int, int]:
+    """A partition's low and high watermarks, asked again on an error until `timeout_s` has
+    passed: a topic just created answered NOT_LEADER_FOR_PARTITION for a while on a broker just
+    started, though its metadata named the leader (librdkafka does not call that retriable)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                where, timeout=max(0.1, deadline - time.monotonic())
+            )
+            return int(low), int(high)
+        except KafkaException:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def load_latest_snapshots(settings: Settings, processor: Processor) -> int:

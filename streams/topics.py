@@ -152,10 +152,18 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
     deadline = time.monotonic() + timeout_s
     while True:
         metadata = admin.list_topics(timeout=timeout_s)
+        # Listed is not yet usable: on a broker just started, a consumer reading a new topic's
+        # partition before its leader was elected got NOT_LEADER_FOR_PARTITION, which ended the
+        # worker's start (found by a stop drill on a fresh broker). Wait for every leader too.
         missing = [
             s.name
             for s in specs
-            if s.name not in metadata.topics or metadata.topics[s.name].error is not None
+            if s.name not in metadata.topics
+            or metadata.topics[s.name].error is not None
+            or any(
+                p.leader < 0 or p.error is not None
+                for p in metadata.topics[s.name].partitions.values()
+            )
         ]
         if not missing:
             break
