@@ -22,8 +22,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(emoji=False, highlight=False)
-err = Console(stderr=True, emoji=False)
+# soft_wrap: a line longer than the terminal (or than 80 columns in a pipe or a file) stays one
+# line, so `kairos tail > file`, grep and log collectors see one record or message per line.
+console = Console(emoji=False, highlight=False, soft_wrap=True)
+err = Console(stderr=True, emoji=False, soft_wrap=True)
 
 
 #: The rewards log a command reads: an export file, or (None) the rewards topic itself.
