@@ -129,6 +129,9 @@ def worker(
     except (WebPortError, TopicSetupError, DataDirError) as exc:  # the setup's problems, not bugs
         err.print(f"[red]worker:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    except Exception:  # anything else: one JSON log line (traceback in "exc"), not a Rich box
+        logging.getLogger("kairos.worker").exception("worker failed")
+        raise typer.Exit(1) from None
 
 
 @app.command()

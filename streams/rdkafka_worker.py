@@ -984,7 +984,12 @@ class RdkafkaWorker:
                 if tables is None:
                     continue
                 for store in tables.stores():
-                    store.close(ends.get((store.table, p)))
+                    try:
+                        store.close(ends.get((store.table, p)))
+                    except Exception as exc:
+                        # The next start checks or rebuilds a store that did not close cleanly;
+                        # raising here skipped closing the consumer and flushing the producers.
+                        log.error("table not closed: %s", exc, extra={"path": str(store.path)})
                 if tables.unacked is not None:
                     tables.unacked.close()
         self.timers.clear()

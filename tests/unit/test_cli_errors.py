@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -111,3 +112,24 @@ def test_a_table_directory_that_cannot_be_written_is_one_line_before_any_broker(
     blocker.write_text("not a directory")
     out = _run(["worker"], KAIROS_DATA_DIR=str(blocker / "inner")).output
     assert "worker: cannot write the table directory" in out and str(blocker) in out
+
+
+def test_a_worker_failing_unexpectedly_logs_one_json_line_not_a_traceback_box(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A disk error inside the worker printed ~117 lines of a Rich traceback box on stderr,
+    which log collectors split into as many records (QA, a file size limit)."""
+    import streams.runner
+    from streams.logs import configure_logging
+
+    def failing(settings: object) -> None:
+        configure_logging("info")
+        raise OSError("IO error: While appending to file: pending-3.db/000004.log: File too large")
+
+    monkeypatch.setattr(streams.runner, "run_worker", failing)
+    result = CliRunner().invoke(app, ["worker"], env={"KAIROS_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "╭" not in lines[0]
+    record = orjson.loads(lines[0])
+    assert record["msg"] == "worker failed" and "File too large" in record["exc"]
