@@ -190,11 +190,13 @@ def decode_outcome(data: Buffer) -> Outcome:
 
 
 def _normalize_decision(decision: Decision) -> Decision:
-    """Bring a decision's three timestamps to UTC."""
+    """Bring a decision's timestamps to UTC."""
+    send_at = decision.send_at
     if (
         decision.trigger_ts.tzinfo is UTC
         and decision.decided_ts.tzinfo is UTC
         and decision.attribution_deadline.tzinfo is UTC
+        and (send_at is None or send_at.tzinfo is UTC)
     ):
         return decision
     return msgspec.structs.replace(
@@ -202,6 +204,7 @@ def _normalize_decision(decision: Decision) -> Decision:
         trigger_ts=_utc(decision.trigger_ts),
         decided_ts=_utc(decision.decided_ts),
         attribution_deadline=_utc(decision.attribution_deadline),
+        send_at=None if send_at is None else _utc(send_at),
     )
 
 

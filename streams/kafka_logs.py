@@ -2,7 +2,7 @@
 
 Left to itself librdkafka writes to stderr in a format of its own and repeats a connection failure
 at every reconnect: about 580 lines in the 30 s a command waits for a broker that is not running.
-Every confluent-kafka client Kairos makes is given `KAFKA_LOGGER` (Settings.confluent_config), so
+Every confluent-kafka client Kairos makes is given `kafka_logger()` (Settings.confluent_config), so
 its lines reach the JSON logs of the worker, at librdkafka's own level, and `RepeatFilter` passes
 the first line of a kind and then one a window with how many like it were held back.
 """

@@ -366,6 +366,7 @@ class Processor:
         if state is None:
             seen = epoch_seconds(outcome.ts)
             state = CustomerState(customer_id=outcome.customer_id, first_seen=seen, last_seen=seen)
+            result.new_customer = True  # a row the customers gauge counts
         log.info("unsubscribe kept without an open decision", extra={"channel": outcome.channel})
         self._finish_state(result, apply_outcome(state, outcome, None), applied, state_row)
 

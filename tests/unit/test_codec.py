@@ -231,6 +231,9 @@ def test_decision_timestamps_normalised_and_blank_customer_rejected() -> None:
     decision = make_decision(decided_ts=datetime(2025, 3, 1, 13, 0, 1, tzinfo=paris))
     back = decode_decision(encode(decision))
     assert back.decided_ts.tzinfo is UTC and back.decided_ts == decision.decided_ts
+    evening = datetime(2025, 3, 1, 19, 0, tzinfo=paris)
+    back = decode_decision(encode(make_decision(send_at=evening)))
+    assert back.send_at is not None and back.send_at.tzinfo is UTC and back.send_at == evening
     with pytest.raises(RecordError) as info:
         decode_decision(encode(make_decision(customer_id=" ")))
     assert info.value.reason == "missing_customer_id"
