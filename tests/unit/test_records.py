@@ -76,7 +76,9 @@ def test_record_fields_match_the_contract() -> None:
         "outcome_types",
         "expired",
         "joined_ts",
+        "learned_version",
     }
+    assert {"send_at"} <= set(Decision.__struct_fields__)
     assert RECORD_TYPES["trigger"] is Trigger
 
 
