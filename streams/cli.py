@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from streams.settings import Settings
 
@@ -67,6 +68,12 @@ def _settings(**overrides: object) -> Settings:
         raise typer.Exit(2) from None
 
 
+def _fail(label: str, exc: BaseException) -> None:
+    """Print a command's one-line error: the exception's text escaped, as Rich would read
+    `[a-z]` in a pattern, or a `[/b]` in a campaign value, as markup (mangled, or a crash)."""
+    err.print(f"[red]{label}:[/red] {escape(str(exc))}", highlight=False)
+
+
 def _campaigns(references: list[str]) -> list[Campaign]:
     """Load the campaigns, or end the command with one line naming the bad one and exit code 2."""
     from streams.campaign_files import resolve_campaigns
@@ -74,7 +81,7 @@ def _campaigns(references: list[str]) -> list[Campaign]:
     try:
         return resolve_campaigns(references)
     except (ValueError, OSError) as exc:  # CampaignError, a missing file, repeated names
-        err.print(f"[red]invalid campaign:[/red] {exc}", markup=True, highlight=False)
+        _fail("invalid campaign", exc)
         raise typer.Exit(2) from None
 
 
@@ -85,7 +92,7 @@ def _broker(settings: Settings, command: str) -> None:
     try:
         existing_topics(settings, settings.broker_wait_s)
     except TopicSetupError as exc:
-        err.print(f"[red]{command}:[/red] {exc}", highlight=False)
+        _fail(command, exc)
         raise typer.Exit(2) from None
 
 
@@ -127,7 +134,7 @@ def worker(
     try:
         run_worker(settings)
     except (WebPortError, TopicSetupError, DataDirError) as exc:  # the setup's problems, not bugs
-        err.print(f"[red]worker:[/red] {exc}", highlight=False)
+        _fail("worker", exc)
         raise typer.Exit(2) from None
     except Exception:  # anything else: one JSON log line (traceback in "exc"), not a Rich box
         logging.getLogger("kairos.worker").exception("worker failed")
@@ -198,7 +205,7 @@ def topics(
         wait = settings.broker_wait_s
         counts = ensure_topics(settings, wait) if create else existing_topics(settings, wait)
     except TopicSetupError as exc:  # a partition count that disagrees, no broker answering
-        err.print(f"[red]topics:[/red] {exc}", highlight=False)
+        _fail("topics", exc)
         raise typer.Exit(2) from None  # a setup problem, as for every other command
     for name, partitions in counts.items():
         console.print(f"{name}\t{'missing' if partitions is None else f'{partitions} partitions'}")
@@ -227,7 +234,7 @@ def tail(
     try:
         tail_topic(settings, topic, from_beginning, max_records, idle_timeout, raw, console)
     except TailError as exc:
-        err.print(f"[red]tail:[/red] {exc}", highlight=False)
+        _fail("tail", exc)
         raise typer.Exit(2) from None
 
 
@@ -262,7 +269,7 @@ def campaigns(
     loaded = _campaigns(path or _settings().campaigns)
     for c in loaded:
         console.print(
-            f"[bold]{c.name}[/bold] triggers={list(c.triggers)} actions={len(c.actions)} "
+            f"[bold]{escape(c.name)}[/bold] triggers={list(c.triggers)} actions={len(c.actions)} "
             f"objective={c.objective}"
         )
 
@@ -389,7 +396,7 @@ def simulate(
             customers, decisions, seed, kafka, policy, out, console, _settings, warm_start
         )
     except ValueError as exc:  # options that do not go together, unknown policies
-        err.print(f"[red]{exc}[/red]")
+        err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from None
 
 

@@ -133,3 +133,17 @@ def test_a_worker_failing_unexpectedly_logs_one_json_line_not_a_traceback_box(
     assert len(lines) == 1 and "╭" not in lines[0]
     record = orjson.loads(lines[0])
     assert record["msg"] == "worker failed" and "File too large" in record["exc"]
+
+
+def test_campaign_errors_print_their_brackets_as_written(tmp_path: Path) -> None:
+    """Rich read the error text as markup: `[a-z]` of a name pattern vanished, and a value holding
+    `[/b]` crashed the command with a MarkupError traceback (QA, campaign author)."""
+    upper = TYPO.replace('triggers = ["cart_abandon"]', 'triggers = ["cart_abandoned"]').replace(
+        'channel = ["email"]', 'channel = ["Email"]'
+    )
+    (tmp_path / "upper.toml").write_text(upper)
+    out = _run(["campaigns", str(tmp_path / "upper.toml")]).output
+    assert "'Email' must match ^[a-z0-9][a-z0-9_-]{0,63}$" in out
+    (tmp_path / "markup.toml").write_text(upper.replace('name = "typo"', 'name = "[/red]"'))
+    out = _run(["campaigns", str(tmp_path / "markup.toml")]).output
+    assert "invalid campaign:" in out and "'[/red]'" in out
