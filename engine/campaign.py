@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.features import feature_names
+from engine.features import RAW_FEATURES, feature_names
 from engine.models import MODEL_NAMES
 from engine.policies import POLICY_KINDS, ExplorationConfig
 from engine.state import MAX_SENT, SENT_RETENTION_S
@@ -401,6 +401,30 @@ def _known_feature(rule: Rule, path: str) -> Rule:
     raise CampaignError(path, f"{name!r} is not a feature{hint}")
 
 
+def _known_model_feature(name: str, path: str) -> str:
+    """`name` if the models can see it (model_features, either side of a model_crosses entry):
+    a feature features() sets and model_view() keeps, a `category_<name>`, or with a trailing
+    `*` a prefix of one. A misspelt name, or a raw one (cart_value: the models see only the
+    scaled features), left the model without the input, silently (QA: `["cart_value",
+    "frequency"]` gave the models no context at all)."""
+    seen = feature_names() - RAW_FEATURES
+    if name.endswith("*"):
+        prefix = name[:-1]
+        if any(f.startswith(prefix) for f in seen) or "category_".startswith(prefix):
+            return name
+        if prefix.startswith("category_"):
+            return name
+    elif name in seen or (name.startswith("category_") and name != "category_"):
+        return name
+    if name in RAW_FEATURES:
+        raise CampaignError(
+            path, f"{name!r} is a raw value the models never see; they read its scaled features"
+        )
+    close = difflib.get_close_matches(name.rstrip("*"), sorted(seen), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else " (see docs/ENGINE_API.md, features)"
+    raise CampaignError(path, f"{name!r} is not a feature the models see{hint}")
+
+
 class _Table:
     """A TOML table being consumed: typed getters that name the field, and a check for leftovers."""
 
@@ -541,9 +565,14 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
     model_features: tuple[str, ...] = ()
     if top.has("model_features"):
         model_features = top.strings("model_features", pattern=_FEATURE_RE)
+        for i, name in enumerate(model_features):
+            _known_model_feature(name, f"{top.at('model_features')}[{i}]")
     model_crosses: tuple[str, ...] = ()
     if top.has("model_crosses"):
         model_crosses = top.strings("model_crosses", pattern=_CROSS_RE)
+        for i, cross in enumerate(model_crosses):
+            for side in cross.split("*"):
+                _known_model_feature(side, f"{top.at('model_crosses')}[{i}]")
     model_l2 = top.number("model_l2", 1.0, low=0.0, high=1e6, low_open=True)
     model_scale = top.string("model_scale", default="")
     if model_scale:

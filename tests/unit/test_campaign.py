@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -343,15 +344,37 @@ def test_load_campaign_errors_name_file_and_field(tmp_path: Path) -> None:
 
 def test_model_features_keep_named_features_and_prefixes() -> None:
     data = base()
-    data["model_features"] = ["bias", "open_top_*"]
+    data["model_features"] = ["bias", "open_best_*"]
     campaign = parse_campaign(data)
-    context = {"bias": 1.0, "open_top_sms": 1.0, "open_top_email": 0.0, "hour_sin": 0.5}
+    context = {"bias": 1.0, "open_best_sms": 1.0, "open_best_email": 0.0, "hour_sin": 0.5}
     assert campaign.model_context(context) == {
         "bias": 1.0,
-        "open_top_sms": 1.0,
-        "open_top_email": 0.0,
+        "open_best_sms": 1.0,
+        "open_best_email": 0.0,
     }
     assert parse_campaign(base()).model_context(context) == context
+
+
+@pytest.mark.parametrize(
+    ("key", "names", "message"),
+    [
+        ("model_features", ["cart_valu"], "'cart_valu' is not a feature the models see"),
+        ("model_features", ["cart_value"], "'cart_value' is a raw value the models never see"),
+        ("model_features", ["open_top_*"], "'open_top_*' is not a feature the models see"),
+        ("model_crosses", ["trigger_purchse*purchase_rate"], "did you mean 'trigger_purchase'"),
+    ],
+)
+def test_model_inputs_the_models_never_see_are_refused(
+    key: str, names: list[str], message: str
+) -> None:
+    """Accepted before, they left the model without the input (QA: model_features naming the
+    raw cart_value and frequency gave the models an empty context)."""
+    data = base()
+    data[key] = names
+    with pytest.raises(CampaignError, match=re.escape(message)):
+        parse_campaign(data)
+    data[key] = ["category_*", "category_shoes"] if key == "model_features" else ["bias*recency"]
+    parse_campaign(data)
 
 
 def test_model_crosses_add_products_of_two_context_features() -> None:
