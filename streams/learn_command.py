@@ -52,7 +52,7 @@ def run_learn(
             learned[runtime.campaign.name] += 1
         else:
             skipped[record.decision.campaign] = skipped.get(record.decision.campaign, 0) + 1
-    table = Table(title=f"Learned from {len(records):,} reward records")
+    table = Table(title=f"Read {len(records):,} reward records")  # the learned: per campaign
     for column in ("campaign", "learned", "model version", "snapshot"):
         table.add_column(column)
     key = snapshot_key_bytes(settings)

@@ -35,6 +35,9 @@ def describe_decision(record: dict[str, Any]) -> str:
         flags.append("holdout")
     if record.get("explore"):
         flags.append("explore")
+    reason = record.get("reason")
+    if isinstance(reason, str) and reason not in ("policy", "holdout"):
+        flags.append(f"({_text(reason)})")  # why nothing was sent: guardrail:<name>, none eligible
     latency_ms = _latency_ms(record.get("trigger_ts"), record.get("decided_ts"))
     propensity = record.get("propensity")
     return (
