@@ -161,7 +161,7 @@ def test_learn_publishes_the_models_an_exported_log_teaches(
     log.write_bytes(b"\n".join(encode(r) for r in records) + b"\n")
     result = CliRunner().invoke(app, ["learn", "-i", str(log)], env=env(settings))
     assert result.exit_code == 0, result.output
-    assert "Learned from 400 reward records" in result.output
+    assert "Read 400 reward records" in result.output
     snapshot = read_latest_snapshots(settings)[CAMPAIGN.name]
     bandit = ContextualBandit.restore(snapshot)
     # Every record teaches this uplift campaign (holdouts its no-action baseline).
