@@ -277,6 +277,17 @@ def print_report(report: Report, console: Console) -> None:
         f"ESS {ev.ess:,.0f}, clip {ev.clip:g} ({ev.n_clipped} clipped)"
     )
     console.print(table)
+    console.print(VALUE_MEANING, markup=False)
+
+
+#: What the value column is, printed under the table (QA: a candidate's own costs, [reward] and
+#: objective changed nothing in the estimates, and nothing said so).
+VALUE_MEANING = (
+    "value: mean reward per decision, as logged (the logging campaign's reward definition, "
+    "costs not subtracted). A candidate changes which action each logged context gets (arms, "
+    "rules, guardrails, costs and objective in its scores, exploration, model), not how an "
+    "outcome is scored: its own [reward] table is not applied."
+)
 
 
 # ---- the HTML report --------------------------------------------------------------------------
@@ -401,6 +412,7 @@ Records: {report.n_records} ({report.n_train} for training, {ev.n} evaluated
 <th>ESS</th><th>interval</th></tr>{body}</table>
 <h2>Estimates and intervals</h2>{forest_svg(rows)}
 <h2>Importance weights</h2>{weights_svg(ev.weights)}
+<p>{html.escape(VALUE_MEANING)}</p>
 <p>IPS: mean of w&middot;r with w = &pi;(a|x)/p. SNIPS: &Sigma;w&middot;r / &Sigma;w. DM: per-action
 ridge reward model, cross-fitted; its interval includes the model's fitting variance. DR: DM plus
 the weighted residual of the logged action. "normal" intervals use the per-record terms;

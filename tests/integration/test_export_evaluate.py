@@ -137,6 +137,10 @@ def test_export_then_evaluate(settings: Settings, tmp_path: Path) -> None:
     result = runner.invoke(app, ["evaluate", "--snapshot", str(snapshot)], env=env(settings))
     assert result.exit_code == 0, result.output
     assert "380 evaluated" in result.output and "20 holdout" in result.output
+    # the value is said to be the logged reward, gross of costs, whatever a candidate's [reward]
+    assert (
+        "costs not subtracted" in result.output and "[reward] table is not applied" in result.output
+    )
 
 
 def test_evaluate_refuses_an_unknown_campaign(settings: Settings, tmp_path: Path) -> None:
