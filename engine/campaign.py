@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from engine.features import RAW_FEATURES, feature_names
 from engine.models import MODEL_NAMES
-from engine.policies import POLICY_KINDS, ExplorationConfig
+from engine.policies import POLICY_KINDS, ExplorationConfig, ignored_parameters
 from engine.state import MAX_SENT, SENT_RETENTION_S
 from engine.triggers import TRIGGER_TYPES
 from schemas import records
@@ -794,6 +794,9 @@ def _parse_exploration(table: _Table) -> ExplorationSpec:
         else:
             params[name] = table.number(name, low=low, high=high, low_open=low_open)
     table.done()
+    ignored = ignored_parameters(kind, params)
+    if ignored is not None:  # accepted before, and silently without effect
+        raise CampaignError(table.path, ignored)
     try:  # the policies module has the last word on what it accepts
         ExplorationConfig.from_params(kind, params)
     except ValueError as exc:

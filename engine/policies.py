@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,6 +43,29 @@ __all__ = [
 
 PolicyKind = Literal["epsilon_greedy", "softmax", "thompson", "squarecb", "optimistic"]
 POLICY_KINDS: tuple[str, ...] = ("epsilon_greedy", "softmax", "thompson", "squarecb", "optimistic")
+
+#: The parameters each kind reads (min_propensity: every kind's floor). One the kind ignores in a
+#: campaign is a mistake (softmax with an epsilon explores by temperature alone): see
+#: ignored_parameters. Snapshots keep every parameter, so from_params itself accepts them all.
+PARAMS_BY_KIND: Mapping[str, frozenset[str]] = {
+    "epsilon_greedy": frozenset({"epsilon", "optimism", "min_propensity"}),
+    "softmax": frozenset({"temperature", "optimism", "min_propensity"}),
+    "thompson": frozenset({"n_bootstrap", "min_propensity"}),
+    "squarecb": frozenset({"gamma", "gamma_exponent", "optimism", "min_propensity"}),
+    "optimistic": frozenset({"gamma", "gamma_exponent", "optimism", "min_propensity"}),
+}
+
+
+def ignored_parameters(kind: str, params: Iterable[str]) -> str | None:
+    """Say which given parameters `kind` ignores and which it reads, or None if it reads them all."""
+    reads = PARAMS_BY_KIND.get(kind)
+    if reads is None:
+        return None
+    ignored = sorted(set(params) - reads)
+    if not ignored:
+        return None
+    return f"{kind} ignores {', '.join(ignored)}: it reads {', '.join(sorted(reads))}"
+
 
 KIND_DEFAULTS: Mapping[str, Mapping[str, float]] = {
     "optimistic": {"gamma": 1000.0, "optimism": 0.5},

@@ -32,7 +32,7 @@ from engine.campaign import NO_ACTION_ID, Campaign, ExplorationSpec, load_campai
 from engine.decide import build_bandit
 from engine.evaluation import ESTIMATORS, Estimate, Evaluation, TargetPolicy, evaluate
 from engine.evaluation import records_from_rewards as to_logged
-from engine.policies import ExplorationConfig
+from engine.policies import ExplorationConfig, ignored_parameters
 from schemas.records import RewardRecord
 from streams.campaign_files import resolve_campaigns
 from streams.settings import Settings
@@ -62,6 +62,9 @@ def parse_exploration(text: str) -> tuple[str, dict[str, float]]:
     if not kind:
         raise ValueError(f"exploration {text!r}: give a kind, e.g. kind=softmax,temperature=0.05")
     ExplorationConfig.from_params(kind, params)  # validate now, naming the field
+    ignored = ignored_parameters(kind, params)
+    if ignored is not None:  # it was echoed in the report as if it applied
+        raise ValueError(f"exploration {text!r}: {ignored}")
     return kind, params
 
 

@@ -189,6 +189,12 @@ def _delete(data: dict[str, Any], dotted: str) -> None:
         ("exploration.kind", "ucb", "exploration.kind: 'ucb' must be one of"),
         ("exploration.epsilon", 1.5, "exploration.epsilon: must be in [0, 1]"),
         ("exploration.epsilom", 0.1, "exploration.epsilom: unknown key"),
+        # a parameter the kind does not read was accepted and did nothing (QA, campaign author)
+        (
+            "exploration.temperature",
+            0.1,
+            "exploration: epsilon_greedy ignores temperature: it reads epsilon, min_propensity",
+        ),
         ("exploration.n_bootstrap", 2.5, "exploration.n_bootstrap: must be an integer"),
         ("guardrails.holdout_share", 0.7, "guardrails.holdout_share: must be in [0, 0.5]"),
         ("guardrails.holdout_share", "10%", "guardrails.holdout_share: must be a number"),
