@@ -725,9 +725,10 @@ def _parse_slot_hours(
     if quiet is not None:
         for slot, hour in hours.items():
             if quiet.contains(hour):
+                default = "" if slot in given else f" (the default for {slot!r})"
                 raise CampaignError(
                     table.at(slot),
-                    f"send hour {hour} falls inside guardrails.quiet_hours "
+                    f"send hour {hour}{default} falls inside guardrails.quiet_hours "
                     f"[{quiet.start}, {quiet.end}): the slot could never be used",
                 )
     return hours

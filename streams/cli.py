@@ -265,8 +265,15 @@ def campaigns(
         list[str] | None, typer.Argument(help="Campaign files, directories or builtin:<name>.")
     ] = None,
 ) -> None:
-    """Validate campaign files: one line each (name, triggers, actions, objective), or the error."""
-    loaded = _campaigns(path or _settings().campaigns)
+    """Validate campaign files: one line each (name, triggers, actions, objective), or the error.
+
+    Files named here are checked one by one, so variants of one campaign (same name) can be
+    checked together; the set a worker runs (no argument) must have unique names.
+    """
+    if path:
+        loaded = [c for ref in path for c in _campaigns([ref])]
+    else:
+        loaded = _campaigns(_settings().campaigns)
     for c in loaded:
         console.print(
             f"[bold]{escape(c.name)}[/bold] triggers={list(c.triggers)} actions={len(c.actions)} "

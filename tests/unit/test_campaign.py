@@ -430,3 +430,13 @@ def test_rules_may_name_any_feature_the_engine_computes_and_any_category_share()
     action = campaign.action("email:discount_10:default:now")
     assert action.eligible({"category_shoes": 0.6, "tenure": 1.0})
     assert not action.eligible({"category_shoes": 0.4, "tenure": 1.0})
+
+
+def test_a_default_slot_hour_inside_quiet_hours_is_named_as_the_default() -> None:
+    """The error named an hour the author never wrote (QA, campaign author)."""
+    data = base()
+    data["actions"]["dimensions"]["slot"] = ["now", "morning"]
+    data["guardrails"]["quiet_hours"] = {"start": 22, "end": 10}
+    message = "actions.slot_hours.morning: send hour 9 (the default for 'morning') falls inside"
+    with pytest.raises(CampaignError, match=re.escape(message)):
+        parse_campaign(data)

@@ -147,3 +147,19 @@ def test_campaign_errors_print_their_brackets_as_written(tmp_path: Path) -> None
     (tmp_path / "markup.toml").write_text(upper.replace('name = "typo"', 'name = "[/red]"'))
     out = _run(["campaigns", str(tmp_path / "markup.toml")]).output
     assert "invalid campaign:" in out and "'[/red]'" in out
+
+
+def test_variants_of_one_campaign_can_be_checked_together(tmp_path: Path) -> None:
+    """Two files of one campaign name were refused as 'names must be unique' (QA): a worker runs
+    them together, checking candidates does not."""
+    from streams.cli import app
+
+    good = TYPO.replace('triggers = ["cart_abandon"]', 'triggers = ["cart_abandoned"]')
+    good += "[reward.outcomes]\nconverted = 1.0\n"
+    (tmp_path / "a.toml").write_text(good)
+    (tmp_path / "b.toml").write_text(good.replace('channel = ["email"]', 'channel = ["sms"]'))
+    result = CliRunner().invoke(
+        app, ["campaigns", str(tmp_path / "a.toml"), str(tmp_path / "b.toml")]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count("typo triggers=") == 2
