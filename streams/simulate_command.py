@@ -20,6 +20,7 @@ from typing import Final
 
 import msgspec
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -36,7 +37,7 @@ from engine.simulator.campaign import simulation_campaign, simulation_campaign_t
 from engine.simulator.experiment import POLICY_NAMES, build_policy
 from engine.simulator.loop import CLOSING, DecisionLog, Run, SimConfig, action_values, simulate
 from engine.simulator.population import Life, make_population, purchase_event, session_events
-from engine.simulator.report import persona_rows, render_html, summarize
+from engine.simulator.report import lift_caveat, persona_rows, render_html, summarize
 from engine.simulator.responses import response, sample
 from schemas.codec import decode_decision, decode_reward, encode
 from schemas.records import Event
@@ -94,6 +95,9 @@ def print_summary(console: Console, runs: Sequence[Run], focus: str = "Kairos") 
             f"{s.lift.diff:+.3f} [{s.lift.low:+.3f}, {s.lift.high:+.3f}]",
         )
     console.print(table)
+    caveat = lift_caveat(summaries)
+    if caveat is not None:
+        console.print(f"[yellow]note:[/yellow] {escape(caveat)}")
     run = next((r for r in runs if r.policy == focus), None)
     if run is None:
         return

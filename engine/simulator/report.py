@@ -120,6 +120,38 @@ def holdout_lift(run: Run) -> Lift:
     return Lift(mt, mh, diff, diff - Z95 * se, diff + Z95 * se, len(treated), len(held))
 
 
+#: Fewer holdout customers than this, and the lift is mostly who happens to be in the holdout.
+SMALL_HOLDOUT: int = 100
+
+
+def lift_caveat(summaries: Sequence[PolicySummary]) -> str | None:
+    """A warning to print under the lift column when it cannot carry the comparison, or None.
+
+    The lift compares different customers (the treated and the holdout), so with a small holdout
+    it is dominated by who is in it: QA saw the never-acting policy show +0.476 per customer (its
+    true lift is 0) while Kairos's exact incremental reward was negative. The no-action row's lift
+    is the measure of that noise, and `incremental` (exact, the same decisions) is the comparison.
+    """
+    if not summaries:
+        return None
+    held = summaries[0].lift.holdout_n
+    nothing = next((x for x in summaries if x.policy == "no action"), None)
+    small = held < SMALL_HOLDOUT
+    noisy = nothing is not None and not nothing.lift.low <= 0.0 <= nothing.lift.high
+    if not (small or noisy):
+        return None
+    reference = (
+        f"; the no-action policy, whose true lift is 0, shows {nothing.lift.diff:+.3f}"
+        if nothing is not None
+        else ""
+    )
+    return (
+        f"The holdout is {held:,} customers and the lift compares them with other customers"
+        f"{reference}: read `incremental` (the exact expected gain over doing nothing, on the "
+        "same decisions) to compare policies."
+    )
+
+
 def summarize(run: Run) -> PolicySummary:
     """Totals of one run."""
     log = run.log
@@ -415,6 +447,9 @@ def render_html(
         f"[{lift.low:+.3f}, {lift.high:+.3f}] (Welch, normal approximation), "
         f"relative {_pct(lift.relative)}.</p>"
     )
+    caveat = lift_caveat([summarize(r) for r in runs])
+    if caveat is not None:
+        parts.append(f"<p><strong>Note:</strong> {html.escape(caveat)}</p>")
     series_inc = {r.policy: cumulative(r.log, "incremental") for r in runs}
     parts.append(
         line_chart(

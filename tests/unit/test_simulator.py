@@ -234,3 +234,19 @@ def test_the_cli_runs_a_warm_started_simulation_and_refuses_one_through_kafka(
     assert cold.exit_code == 0 and "legacy random campaign" not in cold.output
     refused = runner.invoke(app, ["simulate", "--kafka", "--warm-start", "1"])
     assert refused.exit_code == 2
+
+
+def test_a_small_or_noisy_holdout_comes_with_a_note_pointing_at_the_exact_measure() -> None:
+    """QA: the never-acting policy showed a holdout lift of +0.476 per customer, and the narrative
+    quoted Kairos's lift while its exact incremental reward was negative; nothing warned."""
+    from engine.simulator.report import Lift, PolicySummary, lift_caveat
+
+    def summary(policy: str, lift: Lift) -> PolicySummary:
+        return PolicySummary(policy, 10, 1.0, 0.0, 1.0, 0.0, 1.0, lift, 1.0, 0)
+
+    small = Lift(1.0, 0.5, 0.476, 0.1, 0.9, 182, 18)
+    caveat = lift_caveat([summary("Kairos", small), summary("no action", small)])
+    assert caveat is not None and "18 customers" in caveat and "+0.476" in caveat
+    assert "incremental" in caveat
+    large = Lift(1.0, 1.0, 0.01, -0.2, 0.2, 9000, 1000)
+    assert lift_caveat([summary("Kairos", large), summary("no action", large)]) is None
