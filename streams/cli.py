@@ -395,7 +395,11 @@ def simulate(
         ),
     ] = 0.0,
 ) -> None:
-    """Simulated customers: does Kairos learn who wants what? Kairos vs baselines, HTML report."""
+    """Simulated customers: does Kairos learn who wants what? Kairos vs baselines, HTML report.
+
+    Runs the simulator's own campaign (engine/simulator/campaign.py: its arms match the simulated
+    customers' responses), not your campaign files, which it cannot know how customers answer.
+    """
     from streams.simulate_command import simulate_command
 
     try:
