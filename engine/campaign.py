@@ -565,8 +565,8 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
     model_features: tuple[str, ...] = ()
     if top.has("model_features"):
         model_features = top.strings("model_features", pattern=_FEATURE_RE)
-        for i, name in enumerate(model_features):
-            _known_model_feature(name, f"{top.at('model_features')}[{i}]")
+        for i, feature in enumerate(model_features):  # `name` is the campaign's
+            _known_model_feature(feature, f"{top.at('model_features')}[{i}]")
     model_crosses: tuple[str, ...] = ()
     if top.has("model_crosses"):
         model_crosses = top.strings("model_crosses", pattern=_CROSS_RE)

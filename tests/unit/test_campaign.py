@@ -352,6 +352,7 @@ def test_model_features_keep_named_features_and_prefixes() -> None:
     data = base()
     data["model_features"] = ["bias", "open_best_*"]
     campaign = parse_campaign(data)
+    assert campaign.name == data["name"]  # the check of the names once renamed the campaign
     context = {"bias": 1.0, "open_best_sms": 1.0, "open_best_email": 0.0, "hour_sin": 0.5}
     assert campaign.model_context(context) == {
         "bias": 1.0,
