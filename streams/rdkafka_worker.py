@@ -872,7 +872,9 @@ class RdkafkaWorker:
         self.metrics.set_state("recovering")
         clean = True
         try:
-            self._drain()
+            # Bounded like a stop: a revoke with the broker gone (its session timed out) waited
+            # 30 s for acknowledgements that could not come, while a SIGTERM waited behind it.
+            self._drain(STOP_S)
         except (WorkerFailedError, KafkaException) as exc:
             log.error("could not commit before the rebalance: %s", exc)
             clean = False
