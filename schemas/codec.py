@@ -140,13 +140,8 @@ def _decode(
 
 
 def _utc(ts: datetime) -> datetime:
-    """Convert an aware datetime to UTC (no-op, same object, when it already is)."""
-    return ts if ts.tzinfo is UTC else ts.astimezone(UTC)
-
-
-def _record_utc(ts: datetime) -> datetime:
-    """A decoded record's timestamp in UTC; timestamp_out_of_range if UTC cannot hold it (a year
-    1 or 9999 date with an offset: it was a processing_error with an OverflowError traceback)."""
+    """An aware datetime in UTC (the same object when it already is); timestamp_out_of_range if
+    UTC cannot hold it (year 1 at +14:00 was a processing_error with an OverflowError traceback)."""
     if ts.tzinfo is UTC:
         return ts
     try:
@@ -173,7 +168,7 @@ def decode_event(data: Buffer) -> Event:
         raise RecordError("unknown_type", f"type {event.type!r} - at `$.type`")
     ts = event.ts
     if ts.tzinfo is not UTC:
-        event = msgspec.structs.replace(event, ts=_record_utc(ts))
+        event = msgspec.structs.replace(event, ts=_utc(ts))
     return event
 
 
@@ -185,7 +180,7 @@ def decode_outcome(data: Buffer) -> Outcome:
         raise RecordError("unknown_type", f"type {outcome.type!r} - at `$.type`")
     ts = outcome.ts
     if ts.tzinfo is not UTC:
-        outcome = msgspec.structs.replace(outcome, ts=_record_utc(ts))
+        outcome = msgspec.structs.replace(outcome, ts=_utc(ts))
     return outcome
 
 

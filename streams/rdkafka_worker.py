@@ -844,19 +844,19 @@ class RdkafkaWorker:
         self._in_transaction = False
         self._offsets_moved = False
 
-    def _drain(self, timeout_s: float = 30.0) -> None:
-        """Every produced record acknowledged within `timeout_s`, and the processed offsets
-        committed (a barrier)."""
+    def _drain(self) -> None:
+        """Every produced record acknowledged within STOP_S, and the processed offsets committed
+        (a barrier before a stop or a revoke)."""
         self._flush()
         if self.exactly_once:
             self._commit_transaction()
             return
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + STOP_S
         for producer in (self.producer, self.urgent):
             if producer is not None:
                 left = producer.flush(max(0.0, deadline - time.monotonic()))
                 if left:
-                    raise WorkerFailedError(f"{left} records not acknowledged in {timeout_s:g} s")
+                    raise WorkerFailedError(f"{left} records not acknowledged in {STOP_S:g} s")
         if self._epochs.failure is not None:
             raise WorkerFailedError(f"a record was not delivered: {self._epochs.failure.str()}")
         self._epochs.close_epoch(self._next_offsets)
@@ -874,7 +874,7 @@ class RdkafkaWorker:
         try:
             # Bounded like a stop: a revoke with the broker gone (its session timed out) waited
             # 30 s for acknowledgements that could not come, while a SIGTERM waited behind it.
-            self._drain(STOP_S)
+            self._drain()
         except (WorkerFailedError, KafkaException) as exc:
             log.error("could not commit before the rebalance: %s", exc)
             clean = False
@@ -894,25 +894,16 @@ class RdkafkaWorker:
         numbers = sorted({tp.partition for tp in partitions} - set(self.tables))
         started = time.perf_counter()
         keep_crashed = not self.exactly_once
+
+        def store(table: str, p: int) -> TableStore:
+            changelog = self._changelogs[table]
+            return TableStore(self.root, table, p, self._options, keep_crashed, changelog)
+
         opened = {
             p: PartitionTables(
                 p,
-                TableStore(
-                    self.root,
-                    TABLES[0],
-                    p,
-                    self._options,
-                    keep_crashed,
-                    self._changelogs[TABLES[0]],
-                ),
-                TableStore(
-                    self.root,
-                    TABLES[1],
-                    p,
-                    self._options,
-                    keep_crashed,
-                    self._changelogs[TABLES[1]],
-                ),
+                store(TABLES[0], p),
+                store(TABLES[1], p),
                 UnackedWrites(self.root, p, self._options) if keep_crashed else None,
             )
             for p in numbers
@@ -1257,7 +1248,7 @@ class RdkafkaWorker:
         if clean:
             log.info("stopping: sending what is left and committing", extra={"within_s": STOP_S})
             try:
-                self._drain(STOP_S)
+                self._drain()
             except (WorkerFailedError, KafkaException) as exc:
                 # Nothing is lost: the unacknowledged records are in the redo log (at least once)
                 # or in an aborted transaction (exactly once), and the next start takes it up.

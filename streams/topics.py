@@ -152,9 +152,9 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
     deadline = time.monotonic() + timeout_s
     while True:
         metadata = admin.list_topics(timeout=timeout_s)
-        # Listed is not yet usable: on a broker just started, a consumer reading a new topic's
-        # partition before its leader was elected got NOT_LEADER_FOR_PARTITION, which ended the
-        # worker's start (found by a stop drill on a fresh broker). Wait for every leader too.
+        # Listed is not yet led: wait for every partition's leader too. (On a broker just
+        # started a worker still met NOT_LEADER_FOR_PARTITION after this wait; what fixed its
+        # start is the snapshot loader asking again, streams.model_store._watermarks.)
         missing = [
             s.name
             for s in specs
