@@ -518,6 +518,11 @@ class RdkafkaWorker:
         except (WorkerFailedError, KafkaException) as exc:
             failed = exc
             log.error("worker stopped: %s", exc)
+        except BaseException as exc:
+            # Anything else (a disk error in the redo log or a table write, a bug) may have
+            # struck between a turn's writes: stop as after a crash, and let it propagate.
+            failed = exc
+            raise
         finally:
             self._shutdown(clean=failed is None)
         return 0 if failed is None else 1
@@ -868,18 +873,21 @@ class RdkafkaWorker:
     # ---- rebalances ---------------------------------------------------------------------------
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.rebalancing = True
-        self.metrics.set_state("recovering")
-        clean = True
-        try:
-            # Bounded like a stop: a revoke with the broker gone (its session timed out) waited
-            # 30 s for acknowledgements that could not come, while a SIGTERM waited behind it.
-            self._drain()
-        except (WorkerFailedError, KafkaException) as exc:
-            log.error("could not commit before the rebalance: %s", exc)
-            clean = False
         numbers = {tp.partition for tp in partitions}
-        self._close_tables(numbers, clean)
+        # Tables already closed: the revoke of consumer.close() after the stop's own drain, or
+        # after a failure, whose offsets must not be committed (the replay redoes their records).
+        if numbers & set(self.tables):
+            self.rebalancing = True
+            self.metrics.set_state("recovering")
+            clean = True
+            try:
+                # Bounded like a stop: a revoke with the broker gone (its session timed out)
+                # waited 30 s for acknowledgements that could not come, a SIGTERM behind it.
+                self._drain()
+            except (WorkerFailedError, KafkaException) as exc:
+                log.error("could not commit before the rebalance: %s", exc)
+                clean = False
+            self._close_tables(numbers, clean)
         # Offsets of partitions that may move must not be committed later, over a new owner's.
         self._epochs.waiting.clear()
         for offsets in (self._next_offsets, self._committed):

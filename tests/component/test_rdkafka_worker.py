@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
+from confluent_kafka import TopicPartition
 
 from engine.campaign import builtin_campaign
 from engine.clock import ManualClock
@@ -422,3 +425,106 @@ def test_decisions_sent_again_from_the_redo_log_after_a_crash_are_counted(
     again = [r for r in producer.sent if r[0] == decisions]
     assert summary["outputs"] >= 1 and again[1:] == first
     assert resent._value.get() == 1
+
+
+class _LoopConsumer(_Consumer):
+    """A consumer for run(): scripted polls, no batch beyond them, commits recorded, and a
+    close that revokes the partitions through the worker's callback, as librdkafka's does."""
+
+    def __init__(self, worker: RdkafkaWorker, answers: list[_Message | None]) -> None:
+        super().__init__(answers)
+        self.worker = worker
+        self.commits: list[Any] = []
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[_Message]:
+        return []
+
+    def commit(self, **kwargs: Any) -> None:
+        self.commits.append(kwargs)
+
+    def get_watermark_offsets(self, partition: Any, **_: Any) -> tuple[int, int]:
+        return (0, 1)  # a changelog's end, as a clean stop reads it for its checkpoints
+
+    def close(self) -> None:
+        names = self.worker.settings.topics
+        held = [TopicPartition(names.events, p) for p in self.worker.tables] or [
+            TopicPartition(names.events, p) for p in range(self.worker.settings.partitions)
+        ]
+        self.worker._on_revoke(self, held)  # type: ignore[arg-type]
+
+
+class _LoopProducer(_Producer):
+    """A recorder whose records are all acknowledged at the next poll or flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unacked: list[Any] = []
+
+    def produce(
+        self, topic: str, value: bytes | None, key: bytes, partition: int = -1, **kw: Any
+    ) -> None:
+        super().produce(topic, value, key, partition)
+        self.unacked.append(kw["on_delivery"])
+
+    def poll(self, timeout: float = 0) -> int:
+        acked, self.unacked = self.unacked, []
+        for delivered in acked:
+            delivered(None, None)
+        return len(acked)
+
+    def flush(self, timeout: float = -1) -> int:
+        self.poll()
+        return 0
+
+
+class _FullDisk:
+    """A table's RocksDB handle whose writes fail as on a full disk (reads still work)."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+
+    def write(self, batch: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def test_a_write_failing_mid_turn_stops_the_worker_as_a_crash_and_the_redo_log_keeps_it(
+    tmp_path: Path,
+) -> None:
+    worker, _, p = _worker_on(tmp_path, write_batch_ms=2.0)
+    producer = _LoopProducer()
+    worker.producer = producer  # type: ignore[assignment]
+    consumer = _LoopConsumer(worker, [_event(worker, p, 0, "cart_abandoned")])
+    worker.consumer = consumer  # type: ignore[assignment]
+    worker._start_clients = lambda: None  # type: ignore[method-assign]
+    pending = worker.tables[p].pending
+    pending.db = _FullDisk(pending.db)  # type: ignore[assignment]
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            worker.run()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    names = worker.settings.topics
+    # The decision left before the table writes failed, and was acknowledged; still nothing may
+    # be committed or forgotten: the pending row is in neither the table nor its changelog.
+    assert [topic for topic, _, _ in producer.sent] == [names.decisions]
+    assert consumer.commits == []
+    assert not list((tmp_path / "rdkafka").glob("*.checkpoint"))
+    # The next start redoes the noted turn: the pending row is written and sent, the decision
+    # sent again (byte-identical).
+    again, resent, _ = _worker_on(tmp_path, write_batch_ms=2.0)
+    kept = {(table, p) for table in TABLES}
+    summary = again._resend_unacked(again.tables, kept)
+    assert summary["outputs"] == 1
+    assert again.tables[p].pending.db.get(b"c1") is not None
+    assert resent.sent[0][0] == names.decisions
+    assert resent.sent[0][2] == producer.sent[0][2]
+    assert changelog_topic(again.settings, "pending") in {topic for topic, _, _ in resent.sent}
+    for store in again.tables[p].stores():
+        store.close(changelog_offset=None)
+    assert again.tables[p].unacked is not None
+    again.tables[p].unacked.close()
