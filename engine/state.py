@@ -106,6 +106,10 @@ class CustomerState(msgspec.Struct, frozen=True, array_like=True):
     """Events before / from EVENING_HOUR in the customer's local time (halved past ACTIVITY_CAP)."""
     unsubscribed: list[str] = []
     """Channels the customer unsubscribed from (an `unsubscribed` outcome of a message there)."""
+    cart_abandoned_at: float | None = None
+    """When the inactivity timer signalled this cart's abandonment (epoch s); None once the cart
+    moves again or its episode ends. An explicit `cart_abandoned` event for a cart already
+    signalled is no second trigger (triggers.detect)."""
 
 
 def epoch_seconds(ts: datetime) -> int:
@@ -134,6 +138,7 @@ class _Wire(msgspec.Struct, array_like=True):
     timers: dict[str, tuple[float, str, bytes]] = {}
     activity: tuple[int, int] = (0, 0)
     unsubscribed: list[str] = []
+    cart_abandoned_at: float | None = None
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()

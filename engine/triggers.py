@@ -70,6 +70,8 @@ def arm_timers(state: CustomerState, event: Event, config: TriggerConfig) -> Cus
     if kind not in _CART_ACTIVITY and kind not in _CART_END:
         return state
     ts = event.ts.timestamp()
+    if state.cart_abandoned_at is not None:  # the cart moved, or its episode ended
+        state = msgspec.structs.replace(state, cart_abandoned_at=None)
     timers = dict(state.timers)
     if kind in _CART_ACTIVITY:
         if state.cart:
@@ -98,7 +100,12 @@ def detect(
     triggers: list[Trigger] = []
     kind = event.type
     if kind == CART_ABANDONED:
-        triggers.append(_make(event.customer_id, CART_ABANDONED, event.ts, event.event_id, True))
+        # Not when inactivity already signalled this cart (no cart activity since): one
+        # abandonment decision per cart, whichever signal comes first.
+        if prev is None or prev.cart_abandoned_at is None:
+            triggers.append(
+                _make(event.customer_id, CART_ABANDONED, event.ts, event.event_id, True)
+            )
     elif kind == PURCHASE:
         before = prev.purchase_count if prev is not None else 0
         if before == 0 and state.purchase_count == 1:
@@ -135,4 +142,8 @@ def due(
         for due_at, kind, event_id in fired
         if not (kind == CART_ABANDONED and not state.cart)
     ]
-    return triggers, msgspec.structs.replace(state, timers=timers)
+    signalled = state.cart_abandoned_at
+    for trigger in triggers:
+        if trigger.type == CART_ABANDONED:
+            signalled = trigger.ts.timestamp()
+    return triggers, msgspec.structs.replace(state, timers=timers, cart_abandoned_at=signalled)

@@ -93,6 +93,42 @@ def test_cart_timer_fires_after_inactivity() -> None:
     assert due(after, clock.now() + timedelta(days=1), CONFIG) == ([], after)
 
 
+def test_an_explicit_abandonment_of_a_cart_inactivity_already_signalled_is_no_second_trigger() -> (
+    None
+):
+    _, state = step(None, ev("cart_add", T0, event_id="add-1", product_id="p1", price=5.0))
+    fired, state = due(state, T0 + timedelta(seconds=1800), CONFIG)
+    assert [t.type for t in fired] == ["cart_abandoned"]
+    assert state.cart_abandoned_at == EPOCH0 + 1800
+    # The shop's own abandonment signal for the same cart, later: one decision per cart.
+    late = ev("cart_abandoned", T0 + timedelta(hours=1), event_id="ab-1")
+    triggers, after = step(state, late)
+    assert triggers == []
+    assert after.cart_abandoned_at is None and after.last_seen > state.last_seen
+    # The signal survives a restart (the state row keeps it).
+    assert decode_state(encode_state(state)).cart_abandoned_at == EPOCH0 + 1800
+
+
+def test_a_cart_that_moves_after_its_abandonment_can_be_abandoned_again() -> None:
+    _, state = step(None, ev("cart_add", T0, product_id="p1", price=5.0))
+    _, state = due(state, T0 + timedelta(seconds=1800), CONFIG)
+    # A product view is no cart activity: still signalled.
+    _, state = step(state, ev("product_view", T0 + timedelta(seconds=1900), product_id="p2"))
+    assert state.cart_abandoned_at is not None
+    _, state = step(state, ev("cart_add", T0 + timedelta(seconds=2000), product_id="p2"))
+    assert state.cart_abandoned_at is None
+    explicit = ev("cart_abandoned", T0 + timedelta(seconds=2100), event_id="ab-2")
+    triggers, _ = step(state, explicit)
+    assert [(t.type, t.explicit) for t in triggers] == [("cart_abandoned", True)]
+
+
+def test_an_empty_cart_timer_signals_nothing() -> None:
+    _, state = step(None, ev("cart_add", T0, product_id="p1", price=5.0))
+    state = msgspec.structs.replace(state, cart={})
+    fired, state = due(state, T0 + timedelta(seconds=1800), CONFIG)
+    assert fired == [] and state.cart_abandoned_at is None
+
+
 def test_timers_of_the_same_second_fall_due_apart_at_their_exact_delay() -> None:
     """Kept to the fraction of a second: never early, and not all at the second's start."""
     early, late = T0 + timedelta(milliseconds=120), T0 + timedelta(milliseconds=870)
