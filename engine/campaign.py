@@ -588,6 +588,7 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
             )
     guardrails = _parse_guardrails(top.table("guardrails"))
     actions, slot_hours = _parse_actions(top.table("actions", required=True), guardrails)
+    _check_cap_channels(guardrails, actions)
     actions = _apply_costs(top.table("costs"), actions)
     exploration = _parse_exploration(top.table("exploration"))
     reward = _parse_reward(top.table("reward"))
@@ -609,6 +610,20 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
         model_l2=model_l2,
         model_scale=model_scale,
     )
+
+
+def _check_cap_channels(guardrails: Guardrails, actions: tuple[Action, ...]) -> None:
+    """A channel cap names channels of the campaign's actions: one naming none (a misspelling,
+    "smss") would never hold a decision back, and said nothing."""
+    offered = sorted({a.channel for a in actions if a.is_message})
+    for i, cap in enumerate(guardrails.caps):
+        for channel in cap.channels or ():
+            if channel not in offered:
+                raise CampaignError(
+                    f"guardrails.caps[{i}].channels",
+                    f"{channel!r} is no channel of this campaign's actions "
+                    f"({', '.join(offered)}): the cap would never apply",
+                )
 
 
 def _parse_actions(

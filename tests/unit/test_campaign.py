@@ -228,6 +228,12 @@ def _delete(data: dict[str, Any], dotted: str) -> None:
             [{"scope": "overall", "max": 1000, "window_s": 60}],
             "guardrails.caps[0].max: must be an integer in [0, 64]",
         ),
+        (
+            "guardrails.caps",
+            [{"scope": "channel", "max": 1, "window_s": 60, "channels": ["sms", "smss"]}],
+            "guardrails.caps[0].channels: 'smss' is no channel of this campaign's actions "
+            "(email, sms): the cap would never apply",
+        ),
         ("guardrails.cap", [], "guardrails.cap: unknown key"),
         ("model", "xgboost", "model: 'xgboost' must be one of"),
         ("model_features", [], "model_features: must be a non-empty list"),
