@@ -683,17 +683,54 @@ def _ring(items: list[str], new: str, size: int) -> list[str]:
     return items[-size:]
 
 
+#: State fields held as epoch seconds, shown as ISO-8601 UTC times.
+_EPOCH_FIELDS = (
+    "first_seen",
+    "last_seen",
+    "last_purchase",
+    "last_cart_activity",
+    "cart_abandoned_at",
+)
+
+
+def _when(epoch_s: float | None) -> datetime | None:
+    return None if epoch_s is None else datetime.fromtimestamp(epoch_s, UTC)
+
+
+def state_view(state: CustomerState) -> dict[str, object]:
+    """A customer's state for people, as JSON: field names, not the compact array; times in
+    ISO-8601 UTC, not epoch seconds; the number of remembered ids, not their digests."""
+    view: dict[str, object] = msgspec.structs.asdict(state)
+    view["recent_ids"] = len(state.recent_ids) // EVENT_DIGEST_BYTES
+    for name in _EPOCH_FIELDS:
+        view[name] = _when(getattr(state, name))
+    view["sent"] = [
+        {"at": _when(ts), "channel": channel, "action": action, "campaign": campaign}
+        for ts, channel, action, campaign in state.sent
+    ]
+    view["last_action"] = {action: _when(ts) for action, ts in state.last_action.items()}
+    view["timers"] = {
+        kind: {"due": _when(due_at), "armed_by": event_id}
+        for kind, (due_at, event_id) in state.timers.items()
+    }
+    return msgspec.to_builtins(view)  # type: ignore[no-any-return]
+
+
 def customer_view(state_row: bytes | None, pending_row: bytes | None) -> dict[str, object] | None:
-    """A customer's rows as JSON for the web lookup (field names, not the compact array), or None."""
+    """A customer's rows as JSON for the web lookup (state_view and open decisions), or None."""
     if state_row is None:
         return None
     state, _ = decode_state_row(state_row)
-    view: dict[str, object] = (
-        {} if state is None else {name: getattr(state, name) for name in state.__struct_fields__}
-    )
-    if state is not None:
-        view["recent_ids"] = len(state.recent_ids) // EVENT_DIGEST_BYTES  # ids, not bytes
+    open_decisions = [
+        {
+            "decision_id": o.decision.decision_id,
+            "campaign": o.decision.campaign,
+            "action": o.decision.action_id,
+            "window_ends": _deadline(o),
+        }
+        for o in decode_pending(pending_row).open
+    ]
     return {
-        "state": msgspec.to_builtins(view),
-        "open_decisions": [o.decision.decision_id for o in decode_pending(pending_row).open],
+        "state": {} if state is None else state_view(state),
+        "open_decisions": msgspec.to_builtins(open_decisions),
     }
