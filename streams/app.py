@@ -31,6 +31,7 @@ from streams.processor import (
     ROW_HEADER_SIZE,
     Processor,
     Result,
+    carry_headers,
     customer_view,
     decode_pending,
     decode_state_row,
@@ -296,6 +297,8 @@ class KairosApp:
                 return
         except Exception as exc:  # a bug must not stop the stream: dead-letter and go on
             result = self.processor.processing_error(value, source, exc)
+        if result.rerouted:
+            carry_headers(result, message.headers)
         await self._apply(result)
 
     def _misplaced(self, key: bytes, message: Any) -> bool:

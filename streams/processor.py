@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, Protocol
@@ -122,6 +122,10 @@ def pending_deadlines(data: bytes | None) -> list[float]:
     return [] if not data else [o.deadline for o in _deadlines_decoder.decode(data).open]
 
 
+#: Header of a rerouted record: topic:partition:offset it was read from before.
+REROUTED_FROM_HEADER = "kairos-rerouted-from"
+
+
 @dataclass
 class Output:
     """A record to send: topic name, key and value (already encoded)."""
@@ -145,10 +149,28 @@ class Result:
     #: The soonest deadline of its open decisions (None: none), or KEEP if pending was not read.
     next_deadline: float | Unchanged | None = KEEP
     new_customer: bool = False
+    #: The record goes back to its topic keyed right (reroute): the runtime adds its headers.
+    rerouted: bool = False
     decisions: list[Decision] = field(default_factory=list)
     rewards: list[RewardRecord] = field(default_factory=list)
     expired: bool = False
     """True when the customer's rows are to be deleted (idle past the retention period)."""
+
+
+def carry_headers(
+    result: Result,
+    headers: Mapping[str, str | bytes | None] | Iterable[tuple[str, str | bytes | None]] | None,
+) -> None:
+    """Give a rerouted record's outputs the headers it came with (tracing ids and the like),
+    before Kairos' own; a header without a value is kept with an empty one."""
+    if not result.rerouted or not headers:
+        return
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    carried = [
+        (name, value.encode() if isinstance(value, str) else value or b"") for name, value in pairs
+    ]
+    for output in result.outputs:
+        output.headers[:0] = carried
 
 
 class CustomerRows(Protocol):
@@ -580,9 +602,13 @@ class Processor:
         result.next_due = min(due_at for due_at, _ in timers.values()) if timers else None
 
     def reroute(self, raw: bytes, source: tuple[str, int, int], key: bytes) -> Result:
-        """Send a record that arrived on the wrong partition back to its topic, partitioned right."""
+        """Send a record that arrived on the wrong partition back to its topic, partitioned right,
+        with a header naming where it was (the runtime adds the record's own headers first)."""
         self.metrics.rerouted.labels(topic=source[0]).inc()
-        return Result(None, outputs=[Output(source[0], key, raw)])
+        topic, partition, offset = source
+        where = f"{topic}:{partition}:{offset}".encode()
+        output = Output(topic, key, raw, [(REROUTED_FROM_HEADER, where)])
+        return Result(None, outputs=[output], rerouted=True)
 
     @staticmethod
     def _misplaced(

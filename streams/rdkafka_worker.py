@@ -61,6 +61,7 @@ from streams.processor import (
     ROW_HEADER_SIZE,
     Processor,
     Result,
+    carry_headers,
     decode_pending,
     decode_state_row,
     pending_deadlines,
@@ -605,6 +606,8 @@ class RdkafkaWorker:
                 return
         except Exception as exc:  # a bug must not stop the stream: dead-letter and go on
             result = processor.processing_error(value, source, exc)
+        if result.rerouted:
+            carry_headers(result, message.headers())
         self._apply(result, tables)
 
     def _misplaced(self, key: bytes, partition: int) -> bool:

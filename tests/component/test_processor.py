@@ -18,7 +18,14 @@ from engine.clock import ManualClock
 from engine.state import ALL_CHANNELS, CONVERTED
 from schemas.codec import decode_decision, decode_reward, encode
 from streams.dead_letters import ORIGINAL_LIMIT_BYTES, original_bytes
-from streams.processor import MemoryRows, Processor, Result, decode_pending, decode_state_row
+from streams.processor import (
+    MemoryRows,
+    Processor,
+    Result,
+    carry_headers,
+    decode_pending,
+    decode_state_row,
+)
 from streams.settings import Settings
 from streams.timer_index import KEEP, TimerIndex
 from streams.topics import MAX_RECORD_BYTES
@@ -657,3 +664,24 @@ def test_a_worker_that_leaves_learning_to_a_learner_marks_no_reward_as_learned(
     assert (
         reward.learned_version is None and remote.runtimes["cart_abandonment"].bandit.version == 0
     )
+
+
+def test_a_rerouted_record_keeps_its_headers_and_says_where_it_was(processor: Processor) -> None:
+    result = processor.reroute(b"{}", ("kairos.events.v1", 2, 41), b"c1")
+    assert result.rerouted and result.customer_id is None
+    # confluent-kafka hands headers over as a list (values bytes, str or None); Faust as a
+    # mapping: either way they come first, in order, a missing value kept empty.
+    carry_headers(result, [("traceparent", b"00-ab"), ("tenant", "eu"), ("flag", None)])
+    assert result.outputs[0].headers == [
+        ("traceparent", b"00-ab"),
+        ("tenant", b"eu"),
+        ("flag", b""),
+        ("kairos-rerouted-from", b"kairos.events.v1:2:41"),
+    ]
+    again = processor.reroute(b"{}", ("kairos.outcomes.v1", 0, 7), b"c1")
+    carry_headers(again, {"traceparent": b"00-cd"})
+    assert again.outputs[0].headers[0] == ("traceparent", b"00-cd")
+    # Records that are not rerouted are left alone.
+    other = Result("c1")
+    carry_headers(other, [("traceparent", b"00-ef")])
+    assert other.outputs == []

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from engine.bandit import ContextualBandit
 from engine.campaign import builtin_campaign
@@ -21,7 +21,7 @@ from streams.learner import run_learner
 from streams.model_store import read_latest_snapshots
 from streams.partitioning import partition_of
 from streams.settings import Settings
-from streams.topics import producer_config
+from streams.topics import consumer_config, producer_config
 from streams.worker_process import WorkerProcess
 from tests.integration.kafka_io import TopicReader, event, produce
 from tests.integration.metrics_scrape import scrape, total
@@ -91,10 +91,13 @@ def test_a_cart_sent_without_a_key_to_another_partition_still_yields_its_one_dec
     with WorkerProcess(settings, tmp_path / "worker.log") as worker:
         worker.wait_ready(60)
         producer = Producer(producer_config(settings))
+        sent: list[int] = []
         producer.produce(
             settings.topics.events,
             orjson.dumps(event(cid, "cart_add", product_id="p1", category="shoes", price=40.0)),
             partition=away,
+            headers=[("traceparent", b"00-4bf92f3577b34da6-00f067aa0ba902b7-01")],
+            on_delivery=lambda err, msg: sent.append(msg.offset()),
         )
         assert producer.flush(30) == 0
         got = decisions.until(lambda r: len(r) >= 1, timeout_s=30)
@@ -105,6 +108,22 @@ def test_a_cart_sent_without_a_key_to_another_partition_still_yields_its_one_dec
     assert len(decisions.records) == 1, decisions.records
     assert got[0]["customer_id"] == cid and got[0]["trigger_type"] == "cart_abandoned"
     assert total(metrics, "kairos_rerouted_total") == 1
+    # The copy on the customer's own partition keeps the record's headers and says where it was.
+    home = partition_of(cid.encode(), settings.partitions)
+    reader = Consumer(consumer_config(settings, f"test-rerouted-{cid}"))
+    reader.assign([TopicPartition(settings.topics.events, home, 0)])
+    copy = None
+    deadline = time.monotonic() + 30
+    while copy is None and time.monotonic() < deadline:
+        message = reader.poll(0.5)
+        if message is not None and message.error() is None and message.key() == cid.encode():
+            copy = message
+    reader.close()
+    assert copy is not None, "the rerouted copy was not found on the customer's partition"
+    assert copy.headers() == [
+        ("traceparent", b"00-4bf92f3577b34da6-00f067aa0ba902b7-01"),
+        ("kairos-rerouted-from", f"{settings.topics.events}:{away}:{sent[0]}".encode()),
+    ]
 
 
 def test_an_outcome_naming_its_decision_yields_one_reward_and_a_newer_model(
