@@ -190,6 +190,25 @@ class WorkerMetrics:
         self.pending_timers = Gauge(
             "kairos_pending_timers", "Timers and attribution deadlines indexed", registry=r
         )
+        self.kafka_brokers_up = Gauge(
+            "kairos_kafka_brokers_up",
+            "Brokers this Kafka client of the worker is connected to (librdkafka statistics, each "
+            "second; 0 while the cluster is unreachable)",
+            ["client"],
+            registry=r,
+        )
+        self.kafka_brokers_known = Gauge(
+            "kairos_kafka_brokers_known",
+            "Brokers of the cluster this Kafka client of the worker knows of",
+            ["client"],
+            registry=r,
+        )
+        self.producer_queued = Gauge(
+            "kairos_producer_queued_records",
+            "Records in this producer not yet acknowledged by the broker",
+            ["client"],
+            registry=r,
+        )
 
     def set_state(self, state: str) -> None:
         """Mark the worker state (starting, recovering, running, stopping)."""

@@ -54,6 +54,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from engine.campaign import Campaign
 from engine.clock import Clock, SystemClock
 from engine.state import StateError, decode_last_seen
+from streams.client_stats import stats_config
 from streams.gc_pauses import freeze_startup_heap
 from streams.metrics import WorkerMetrics
 from streams.partitioning import partition_of
@@ -418,17 +419,26 @@ class RdkafkaWorker:
                         "transactional.id": self.transactional_id(),
                         "transaction.timeout.ms": 60_000,
                     },
+                    **stats_config(self.metrics, "producer"),
                 )
             )
             self.producer.init_transactions(30.0)  # aborts a crashed predecessor's transaction
         else:
             acks = {"acks": s.producer_acks, "enable.idempotence": s.producer_acks == -1}
-            self.producer = Producer(producer_config(s, **acks))
+            self.producer = Producer(
+                producer_config(s, **acks, **stats_config(self.metrics, "producer"))
+            )
             # Decisions never wait for a batch of changelog records to fill (rdkafka_producer.py);
             # with no linger at all, one client sends everything.
             if s.linger_ms > 0:
-                self.urgent = Producer(producer_config(s, **acks, **{"linger.ms": 0}))
-        self.consumer = Consumer(self._consumer_config())
+                self.urgent = Producer(
+                    producer_config(
+                        s, **acks, **{"linger.ms": 0}, **stats_config(self.metrics, "decisions")
+                    )
+                )
+        self.consumer = Consumer(
+            {**self._consumer_config(), **stats_config(self.metrics, "consumer")}
+        )
         self.consumer.subscribe(
             list(self._sources),
             on_assign=self._guarded(self._on_assign),

@@ -180,6 +180,10 @@ def test_dashboard_and_metrics_follow_the_records_that_flow(
         assert _grew(before, after, "kairos_event_loop_lag_seconds_count") >= 10
         # GC pauses are timed (the worker process installs the recorder).
         assert _sum(after, "kairos_gc_pause_seconds_count") > 0
+        # Every Kafka client reports its broker connection (librdkafka statistics, each second).
+        for client in ("consumer", "producer", "decisions"):
+            assert _sum(after, "kairos_kafka_brokers_up", client=client) == 1.0, client
+            assert _sum(after, "kairos_kafka_brokers_known", client=client) == 1.0, client
 
         # The JSON behind the page agrees with /metrics.
         data = json.loads(_get(f"{worker.url}/dashboard/data"))

@@ -379,6 +379,34 @@ def test_every_metric_the_dashboard_queries_is_defined_by_the_worker() -> None:
         assert required in queried, required
 
 
+def test_compose_prometheus_loads_alert_rules_on_metrics_the_worker_defines() -> None:
+    prometheus = _compose()["services"]["prometheus"]
+    mounts = dict(str(v).split(":")[:2] for v in prometheus["volumes"] if str(v).startswith("."))
+    config_path = DEPLOY / next(s for s, t in mounts.items() if t.endswith("prometheus.yml"))
+    (config,) = _load_yaml(config_path)
+    # Every rule file prometheus.yml loads is mounted where it looks.
+    by_target = {target: source for source, target in mounts.items()}
+    rules = [DEPLOY / by_target[path] for path in config["rule_files"]]
+    assert rules, "prometheus.yml loads no alert rules"
+    exposed = exposed_metrics()
+    alerts: set[str] = set()
+    for path in rules:
+        (document,) = _load_yaml(path)
+        for group in document["groups"]:
+            for rule in group["rules"]:
+                names, grouping = promql_references(rule["expr"])
+                for name, matchers in names.items():
+                    assert name in exposed, f"{rule['alert']}: {name} is not a worker metric"
+                    assert not matchers - exposed[name] - IMPLICIT_LABELS, rule["alert"]
+                known = set().union(*(exposed[n] for n in names)) if names else set()
+                assert grouping <= known | IMPLICIT_LABELS, rule["alert"]
+                # A label an annotation names is one the expression keeps.
+                for label in re.findall(r"\$labels\.(\w+)", str(rule.get("annotations", {}))):
+                    assert label in grouping or not names, (rule["alert"], label)
+                alerts.add(rule["alert"])
+    assert {"KairosBrokerUnreachable", "KairosWorkerDown", "KairosFallingBehind"} <= alerts
+
+
 def test_the_promql_reader_finds_names_labels_and_groupings() -> None:
     names, grouping = promql_references(
         'sum by (campaign, action) (rate(kairos_decisions_total{explore="true",'
