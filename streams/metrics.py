@@ -91,6 +91,20 @@ class WorkerMetrics:
             ["campaign", "action", "explore", "holdout"],
             registry=r,
         )
+        self.decision_reasons = Counter(
+            "kairos_decision_reasons_total",
+            "Decisions by why their action was chosen: policy, holdout, no_eligible_action (the "
+            "rules left only no-action) or guardrail:<name> (guardrails did)",
+            ["campaign", "reason"],
+            registry=r,
+        )
+        self.guardrail_hits = Counter(
+            "kairos_guardrail_hits_total",
+            "Decisions in which a guardrail (unsubscribed, quiet_hours, caps, cooldown) took "
+            "one action or more off the table",
+            ["campaign", "guardrail"],
+            registry=r,
+        )
         self.latency = Histogram(
             "kairos_trigger_to_decision_seconds",
             "Time from the trigger (event time or timer due time) to the decision",

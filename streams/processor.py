@@ -253,6 +253,8 @@ class Processor:
         self._stale_triggers = Children(m.stale_triggers)
         self._max_trigger_age = timedelta(seconds=settings.max_trigger_age_s)
         self._decisions = Children(m.decisions)
+        self._decision_reasons = Children(m.decision_reasons)
+        self._guardrail_hits = Children(m.guardrail_hits)
         self._rewards = Children(m.rewards)
         self._reward_value = Children(m.reward_value)
         self._policy_value = Children(m.policy_value)
@@ -482,7 +484,8 @@ class Processor:
                         state = record_decision(state, made.decision)
                         self._resend(made.decision, result)
                     continue
-                decision = runtime.decide(state, trigger, now)
+                trace = runtime.decide_traced(state, trigger, now)
+                decision = trace.decision
                 state = record_decision(state, decision)
                 pending.open.append(
                     OpenDecision(decision, decision.attribution_deadline.timestamp())
@@ -501,6 +504,11 @@ class Processor:
                     str(decision.explore).lower(),
                     str(decision.holdout).lower(),
                 ).inc()
+                self._decision_reasons(decision.campaign, decision.reason).inc()
+                removed = trace.guardrails.removed
+                if removed:
+                    for guardrail in set(removed.values()):
+                        self._guardrail_hits(decision.campaign, guardrail).inc()
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug(
                         "decided",

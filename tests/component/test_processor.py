@@ -15,6 +15,7 @@ import pytest
 
 from engine.campaign import builtin_campaign
 from engine.clock import ManualClock
+from engine.guardrails import GUARDRAIL_ORDER
 from engine.state import ALL_CHANNELS, CONVERTED
 from schemas.codec import decode_decision, decode_reward, encode
 from streams.dead_letters import ORIGINAL_LIMIT_BYTES, original_bytes
@@ -685,3 +686,35 @@ def test_a_rerouted_record_keeps_its_headers_and_says_where_it_was(processor: Pr
     other = Result("c1")
     carry_headers(other, [("traceparent", b"00-ef")])
     assert other.outputs == []
+
+
+def test_decision_reasons_and_guardrail_hits_are_counted_per_campaign(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = Rows()
+    metrics = processor.metrics
+    registry = metrics.registry
+
+    def hits(guardrail: str) -> float:
+        labels = {"campaign": "cart_abandonment", "guardrail": guardrail}
+        return registry.get_sample_value("kairos_guardrail_hits_total", labels) or 0.0
+
+    # Noon: no guardrail applies to a first message.
+    decided = rows.save(processor.on_event(raw_event(clock, "g1", "cart_abandoned"), rows, src()))
+    (first,) = decided.decisions
+    assert all(hits(name) == 0 for name in GUARDRAIL_ORDER)
+    # 23:00 UTC (the campaign's quiet hours are 21-8 in the customer's zone, UTC by default):
+    # every "now" action is off the table, and the message of noon caps its channel.
+    clock.advance(11 * 3600)
+    later = rows.save(processor.on_event(raw_event(clock, "g1", "cart_abandoned"), rows, src()))
+    (second,) = later.decisions
+    assert hits("quiet_hours") == 1
+    if first.action.get("channel") != "none":
+        assert hits("channel_cap") == 1
+    reasons = {
+        reason: registry.get_sample_value(
+            "kairos_decision_reasons_total", {"campaign": "cart_abandonment", "reason": reason}
+        )
+        for reason in {first.reason, second.reason}
+    }
+    assert sum(v or 0 for v in reasons.values()) == 2

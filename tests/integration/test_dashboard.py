@@ -173,6 +173,8 @@ def test_dashboard_and_metrics_follow_the_records_that_flow(
         explores = sum(1 for d in decisions.records if d["explore"])
         assert _grew(before, after, "kairos_decisions_total", holdout="true") == holdouts
         assert _grew(before, after, "kairos_decisions_total", explore="true") == explores
+        # Every decision is counted once by its reason.
+        assert _grew(before, after, "kairos_decision_reasons_total") == seen
         latency_count = _grew(before, after, "kairos_trigger_to_decision_seconds_count")
         assert latency_count == seen
         assert _grew(before, after, "kairos_trigger_to_decision_seconds_bucket", le="+Inf") == seen
