@@ -15,7 +15,7 @@ import math
 import operator
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -684,6 +684,13 @@ def _parse_actions(
     arms = [no_action]
     for combo, rules in zip(combos, rules_by_combo, strict=True):
         action_id = ":".join(combo[d] for d in DIMENSIONS)
+        contradiction = contradictory_rules(rules)
+        if contradiction:
+            raise CampaignError(
+                table.at("rules"),
+                f"action {action_id} can never be eligible: "
+                + " and ".join(str(rule) for rule in contradiction),
+            )
         arms.append(
             Action(
                 action_id,
@@ -695,6 +702,44 @@ def _parse_actions(
             )
         )
     return tuple(arms), slot_hours
+
+
+def contradictory_rules(rules: Sequence[Rule]) -> tuple[Rule, ...]:
+    """The rules on one feature that no value satisfies together (empty: none contradict).
+
+    An action's rules must all hold; a pair like `cart_value >= 30` and `cart_value < 10` (two
+    rule blocks matching the same action) left it never eligible, without a word.
+    """
+    by_feature: dict[str, list[Rule]] = {}
+    for rule in rules:
+        by_feature.setdefault(rule.feature, []).append(rule)
+    for group in by_feature.values():
+        if not _satisfiable(group):
+            return tuple(group)
+    return ()
+
+
+def _satisfiable(rules: Sequence[Rule]) -> bool:
+    """Whether some real number meets every rule (all on the same feature)."""
+    low, low_open = -math.inf, False
+    high, high_open = math.inf, False
+    for rule in rules:
+        v = rule.value
+        if rule.op in (">", ">=") and (v > low or (v == low and rule.op == ">")):
+            low, low_open = v, rule.op == ">"
+        elif rule.op in ("<", "<=") and (v < high or (v == high and rule.op == "<")):
+            high, high_open = v, rule.op == "<"
+    excluded = {rule.value for rule in rules if rule.op == "!="}
+    equal = {rule.value for rule in rules if rule.op == "=="}
+    if equal:
+        (value, *others) = equal
+        inside = (low < value or (low == value and not low_open)) and (
+            value < high or (value == high and not high_open)
+        )
+        return not others and inside and value not in excluded
+    if low < high:
+        return True  # an interval of reals: a few excluded points leave plenty
+    return low == high and not low_open and not high_open and low not in excluded
 
 
 def _parse_pattern(table: _Table, dims: Mapping[str, tuple[str, ...]]) -> dict[str, str]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.campaign import (
     NO_ACTION_ID,
@@ -16,6 +19,7 @@ from engine.campaign import (
     Rule,
     builtin_campaign,
     builtin_campaign_names,
+    contradictory_rules,
     load_campaign,
     load_campaigns,
     parse_campaign,
@@ -167,6 +171,15 @@ def _delete(data: dict[str, Any], dotted: str) -> None:
             "actions.rules",
             [{"match": {"offer": "discount_10"}, "eligible": ["cart_value => 20"]}],
             "actions.rules[0].eligible[0]: 'cart_value => 20' is not a rule",
+        ),
+        (
+            "actions.rules",
+            [
+                {"match": {"offer": "discount_10"}, "eligible": ["cart_value >= 30"]},
+                {"match": {"channel": "sms"}, "eligible": ["cart_value < 10"]},
+            ],
+            "actions.rules: action sms:discount_10:default:now can never be eligible: "
+            "cart_value >= 30 and cart_value < 10",
         ),
         (
             "actions.rules",
@@ -447,3 +460,34 @@ def test_a_default_slot_hour_inside_quiet_hours_is_named_as_the_default() -> Non
     message = "actions.slot_hours.morning: send hour 9 (the default for 'morning') falls inside"
     with pytest.raises(CampaignError, match=re.escape(message)):
         parse_campaign(data)
+
+
+_RULES = st.lists(
+    st.builds(
+        Rule,
+        feature=st.just("cart_value"),
+        op=st.sampled_from([">=", ">", "<=", "<", "==", "!="]),
+        value=st.integers(-3, 3).map(float),
+    ),
+    max_size=5,
+)
+
+
+@given(_RULES)
+def test_rules_contradict_exactly_when_no_value_meets_them_all(rules: list[Rule]) -> None:
+    # Every rule's region is bounded by rule values: the values, the midpoints between them and
+    # a point beyond each end stand for every real number.
+    points = sorted({r.value for r in rules} | {0.0})
+    candidates = set(points) | {points[0] - 1, points[-1] + 1}
+    candidates |= {(a + b) / 2 for a, b in itertools.pairwise(points)}
+    met = any(all(r.holds({"cart_value": x}) for r in rules) for x in candidates)
+    assert (contradictory_rules(rules) == ()) == met
+
+
+def test_rules_on_different_features_never_contradict_each_other() -> None:
+    rules = [Rule("cart_value", ">=", 30.0), Rule("loyalty_gold", "<", 10.0)]
+    assert contradictory_rules(rules) == ()
+    assert contradictory_rules([*rules, Rule("cart_value", "==", 5.0)]) == (
+        Rule("cart_value", ">=", 30.0),
+        Rule("cart_value", "==", 5.0),
+    )
