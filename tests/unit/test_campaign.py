@@ -435,6 +435,21 @@ def test_model_scale_names_each_message_a_feature_of_its_channel() -> None:
         data["model_scale"] = bad
         with pytest.raises(CampaignError, match="model_scale"):
             parse_campaign(data)
+    # A template every action fills, but with names no feature has: the twin would be all 0.
+    data["model_scale"] = "open_best_{offer}"
+    with pytest.raises(CampaignError) as excinfo:
+        parse_campaign(data)
+    assert str(excinfo.value).startswith(
+        "model_scale: 'open_best_{offer}' gives action email:no_offer:default:now "
+        "'open_best_no_offer' is not a feature the models see"
+    ), str(excinfo.value)
+    data["model_scale"] = "open_best_{channel}"
+    data["actions"]["dimensions"]["channel"] = ["email", "whatsapp"]
+    data["costs"]["channel"] = {"email": 0.01}
+    data["costs"]["action"] = {}
+    with pytest.raises(CampaignError, match="'open_best_whatsapp' is not a feature"):
+        parse_campaign(data)
+    data = base()
     data["model_scale"] = "open_best_{channel}"
     data["model"] = "ridge"
     with pytest.raises(CampaignError, match="model_scale: needs"):
