@@ -75,8 +75,11 @@ _SCALE_DIM_RE = re.compile(r"\{([a-z]+)\}")
 _CROSS_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\*[a-z][a-z0-9_]{0,63}$")
 _DIMENSIONS = ("channel", "offer", "message", "slot")
 _VALUE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+#: A rule's feature: a bare name, or one in double quotes for a category share whose name is
+#: not an identifier ("category_home-garden", "category_Home & Garden").
+_BARE_FEATURE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RULE_RE = re.compile(
-    r"^\s*(?P<feature>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=|==|!=|>|<)\s*"
+    r'^\s*(?:(?P<feature>[A-Za-z_][A-Za-z0-9_]*)|"(?P<quoted>[^"]+)")\s*(?P<op>>=|<=|==|!=|>|<)\s*'
     r"(?P<value>[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
 )
 _OPS: Mapping[str, Callable[[float, float], bool]] = {
@@ -111,7 +114,8 @@ class Rule:
         return _OPS[self.op](float(features.get(self.feature, 0.0)), self.value)
 
     def __str__(self) -> str:
-        return f"{self.feature} {self.op} {self.value:g}"
+        name = self.feature if _BARE_FEATURE_RE.match(self.feature) else f'"{self.feature}"'
+        return f"{name} {self.op} {self.value:g}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,12 +387,13 @@ def parse_rule(text: str, path: str = "rule") -> Rule:
         raise CampaignError(
             path,
             f"{text!r} is not a rule of the form '<feature> <op> <number>' "
-            "with op one of >=, >, <=, <, ==, !=",
+            "with op one of >=, >, <=, <, ==, != (a feature name that is not an identifier, "
+            'such as a category share, in double quotes: "category_home-garden" >= 0.2)',
         )
     value = float(match["value"])
     if not math.isfinite(value):
         raise CampaignError(path, f"{text!r}: the number must be finite")
-    return Rule(match["feature"], match["op"], value)
+    return Rule(match["feature"] or match["quoted"], match["op"], value)
 
 
 def _known_feature(rule: Rule, path: str) -> Rule:

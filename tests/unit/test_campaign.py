@@ -467,6 +467,24 @@ def test_rules_may_name_any_feature_the_engine_computes_and_any_category_share()
     assert not action.eligible({"category_shoes": 0.4, "tenure": 1.0})
 
 
+def test_a_category_whose_name_is_no_identifier_is_named_in_double_quotes() -> None:
+    data = base()
+    data["actions"]["rules"] = [
+        {"match": {"offer": "discount_10"}, "eligible": ['"category_home-garden" >= 0.5']}
+    ]
+    action = parse_campaign(data).action("email:discount_10:default:now")
+    assert action.rules == (Rule("category_home-garden", ">=", 0.5),)
+    assert action.eligible({"category_home-garden": 0.6})
+    assert not action.eligible({"category_home": 0.6})
+    # Written back the same way (errors and logs quote it), and read again to the same rule.
+    assert str(action.rules[0]) == '"category_home-garden" >= 0.5'
+    assert parse_rule(str(action.rules[0])) == action.rules[0]
+    assert parse_rule('"category_Home & Garden" < 1').feature == "category_Home & Garden"
+    # Unquoted, the name stops at the dash: not a rule, and the error says how to write it.
+    with pytest.raises(CampaignError, match="in double quotes"):
+        parse_rule("category_home-garden >= 0.5")
+
+
 def test_a_default_slot_hour_inside_quiet_hours_is_named_as_the_default() -> None:
     """The error named an hour the author never wrote (QA, campaign author)."""
     data = base()
