@@ -851,7 +851,12 @@ and 6,000 mixed events/s (p99 27 and 146 ms). Before, on 2026-12-06: the side-by
 pooled per run (2.6x at 19:05), the 10 ms goal met in quieter hours (5.62 ms at 10:55, 8.18 ms
 at 19:05) and missed in slower ones (10.84 ms at 15:59, 24.20 ms at 17:44, 10.80 ms at 18:48;
 below), and 4,000 mixed events/s the most kept up. One run at 1.96x is not a margin: the 2x goal
-is met in this run, not held.
+is met in this run, not held. Two side-by-side runs 80-100 minutes later (`--only paired
+--paired-rounds 6 --polling-rounds 0 --no-write`, 22:50-23:05, the probe at 132-146 µs a
+trigger, the broker holding 270 topics left by the tests): 3.1x and 3.3x pooled, Kairos's p99
+20.2 and 22.3 ms, the 10 ms goal missed as well. Not the code: in process, the code of that
+evening against the morning's (0ff5abd), 3 alternations, a trigger cost 149-150 against 149-164 µs
+and a mixed event 51-59 against 48-54 µs.
 
 **Where Kairos's extra latency is (diagnostic runs with timestamps in Kafka headers, not in
 the shipped code):** per trigger at 1,000/s, bare loop against Kairos worker, p50 / p99 in ms:
