@@ -594,13 +594,11 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
     guardrails = _parse_guardrails(top.table("guardrails"))
     actions, slot_hours = _parse_actions(top.table("actions", required=True), guardrails)
     _check_cap_channels(guardrails, actions)
-    if model_scale:
-        _check_scale_features(model_scale, actions)
     actions = _apply_costs(top.table("costs"), actions)
     exploration = _parse_exploration(top.table("exploration"))
     reward = _parse_reward(top.table("reward"))
     top.done()
-    return Campaign(
+    campaign = Campaign(
         name=name,
         salt=salt,
         triggers=triggers,
@@ -617,23 +615,23 @@ def parse_campaign(mapping: Mapping[str, Any]) -> Campaign:
         model_l2=model_l2,
         model_scale=model_scale,
     )
+    _check_scale_features(campaign)
+    return campaign
 
 
-def _check_scale_features(template: str, actions: tuple[Action, ...]) -> None:
+def _check_scale_features(campaign: Campaign) -> None:
     """model_scale names, for every message action, a feature the models see: a template that
     gives a name features() never sets ("open_best_{offer}", or a channel without its rates)
     scaled that action's blocks by 0, silently."""
-    for action in actions:
-        if not action.is_message:
+    for action in campaign.actions:
+        name = campaign.scale_feature(action)  # None for no-action, or without model_scale
+        if name is None:
             continue
-        name = template
-        for dim, value in action.dimensions().items():
-            name = name.replace("{" + dim + "}", value)
         try:
             _known_model_feature(name, "model_scale")
         except CampaignError as exc:
             raise CampaignError(
-                "model_scale", f"{template!r} gives action {action.id} {exc.problem}"
+                "model_scale", f"{campaign.model_scale!r} gives action {action.id} {exc.problem}"
             ) from None
 
 

@@ -505,9 +505,8 @@ class Processor:
                     str(decision.holdout).lower(),
                 ).inc()
                 self._decision_reasons(decision.campaign, decision.reason).inc()
-                removed = trace.guardrails.removed
-                if removed:
-                    for guardrail in set(removed.values()):
+                if trace.guardrails.removed:
+                    for guardrail in trace.guardrails.counts():
                         self._guardrail_hits(decision.campaign, guardrail).inc()
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug(
