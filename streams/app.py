@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import EventT
@@ -181,12 +181,23 @@ class KairosApp:
         @app.agent(source, name="kairos.process")
         async def process(stream: faust.StreamT[bytes]) -> None:
             exactly_once = app.in_transaction
-            async for event in stream.events():
-                if exactly_once:  # commits wait until the event is done (and then acked)
-                    async with app.consumer.commit_gate:  # type: ignore[attr-defined]
+            # Acked by hand, once handled: Faust acks an event as its loop moves on, even when
+            # the body raised, and its supervisor restarts the agent after it. A failed table
+            # write would then commit past an event whose effects were never written (seen: a
+            # disk error on one trigger lost its decision for good, the worker going on).
+            manual = cast("faust.Stream[bytes]", stream).noack()  # StreamT does not declare it
+            async for event in manual.events():
+                try:
+                    if exactly_once:  # commits wait until the event is done (and then acked)
+                        async with app.consumer.commit_gate:  # type: ignore[attr-defined]
+                            await self._handle(event, rows)
+                            await manual.ack(event)
+                    else:
                         await self._handle(event, rows)
-                else:
-                    await self._handle(event, rows)
+                        await manual.ack(event)
+                except Exception as exc:
+                    await self._fail(exc)
+                    return
 
         @app.task  # type: ignore[untyped-decorator]
         async def fire_timers() -> None:
@@ -300,6 +311,13 @@ class KairosApp:
         if result.rerouted:
             carry_headers(result, message.headers)
         await self._apply(result)
+
+    async def _fail(self, exc: BaseException) -> None:
+        """Stop the worker as crashed: the event that failed stays unacked, so the restart
+        replays it (as after a SIGKILL: the processor recognises what was already written)."""
+        log.error("worker stopped: %r", exc, exc_info=exc)
+        self.metrics.set_state("stopping")
+        await self.app.crash(exc)
 
     def _misplaced(self, key: bytes, message: Any) -> bool:
         """True if a keyed record is not on the partition murmur2 gives its key (wrong partitioner)."""

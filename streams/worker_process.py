@@ -19,10 +19,18 @@ class WorkerProcess:
     """`kairos worker` (or another command, e.g. `learner`) as a child process, configured by
     environment variables. Readiness (/readyz) is the worker's: a learner serves no web page."""
 
-    def __init__(self, settings: Settings, log_path: Path, command: str = "worker") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        command: str = "worker",
+        module: str = "streams.cli",
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
         self.command = command
+        #: The module run with `python -m` (tests run the CLI through a fault-injecting wrapper).
+        self.module = module
         self.process: subprocess.Popen[bytes] | None = None
         self.ready_after_s: float | None = None
 
@@ -34,7 +42,7 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self._started = time.monotonic()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", self.command],
+            [sys.executable, "-m", self.module, self.command],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -32,6 +32,8 @@ from streams.worker_process import WorkerProcess
 from tests.integration.kafka_io import TopicReader, event, produce
 from tests.integration.test_topology import customer_view
 
+FAILING_DISK_WORKER = "tests.integration.failing_disk_worker"
+
 # --------------------------------------------------------------------------- bad input, fuzzed
 
 NOW = datetime.now(UTC)
@@ -196,6 +198,51 @@ def test_a_record_near_the_broker_limit_is_dead_lettered_and_the_worker_goes_on(
 
 
 # --------------------------------------------------------------------------- crash safety
+
+
+@pytest.mark.parametrize("runtime", ["rdkafka", "faust"])
+def test_a_failed_table_write_stops_the_worker_and_the_restart_decides_the_trigger(
+    settings: Settings, tmp_path: Path, runtime: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk error on one customer's table write: the worker exits with an error instead of
+    going on past the record (on Faust, the agent was restarted and the trigger's decision was
+    lost for good), and the next worker decides that trigger, and every other, exactly once."""
+    settings = settings.model_copy(update={"runtime": runtime})
+    victim = f"disk-{uuid.uuid4().hex[:6]}"
+    before = [f"before-{i}" for i in range(3)]
+    after = [f"after-{i}" for i in range(3)]
+    decisions = TopicReader(settings, settings.topics.decisions)
+    failing = WorkerProcess(settings, tmp_path / "failing.log", module=FAILING_DISK_WORKER)
+    monkeypatch.setenv("FAILING_DISK_CUSTOMER", victim)  # the child inherits the environment
+    failing.start()
+    try:
+        failing.wait_ready(90)
+        produce(settings, settings.topics.events, [event(c, "cart_abandoned") for c in before])
+        decisions.until(lambda rs: {r["customer_id"] for r in rs} >= set(before))
+        produce(
+            settings,
+            settings.topics.events,
+            [event(c, "cart_abandoned") for c in [victim, *after]],
+        )
+        assert failing.process is not None
+        code = failing.process.wait(60)
+    finally:
+        failing.stop()
+    assert code != 0, failing.log_tail()
+    assert "No space left on device" in failing.log_path.read_text(errors="replace")
+    with WorkerProcess(settings, tmp_path / "restarted.log") as restarted:
+        restarted.wait_ready(90)
+        everyone = {victim, *before, *after}
+        decisions.until(lambda rs: {r["customer_id"] for r in rs} >= everyone)
+        decisions.poll(2.0)  # anything decided twice would arrive by now
+    decisions.close()
+    bodies: dict[str, set[bytes]] = {}
+    for record in decisions.records:
+        body = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        bodies.setdefault(record["customer_id"], set()).add(body)
+    assert set(bodies) == everyone
+    # A repeat may be a resend of the same decision (at least once); never a second decision.
+    assert all(len(b) == 1 for b in bodies.values()), {c: len(b) for c, b in bodies.items()}
 
 
 def _purchase_stream(customers: int, per_customer: int, seed: int) -> list[dict[str, Any]]:
