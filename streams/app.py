@@ -14,6 +14,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,23 +23,19 @@ from faust.types import EventT
 
 from engine.campaign import Campaign
 from engine.clock import Clock, SystemClock
-from engine.state import StateError, decode_last_seen
 from streams.dashboard import register_dashboard
 from streams.gc_pauses import freeze_startup_heap
 from streams.metrics import WorkerMetrics
 from streams.partitioning import partition_of
 from streams.processor import (
-    ROW_HEADER_SIZE,
     Processor,
     Result,
     carry_headers,
     customer_view,
-    decode_pending,
-    decode_state_row,
-    pending_deadlines,
+    index_timers,
 )
 from streams.settings import Settings
-from streams.timer_index import KEEP, TimerIndex
+from streams.timer_index import TimerIndex
 from streams.topics import MAX_RECORD_BYTES, TABLES, producer_config
 
 log = logging.getLogger("kairos.app")
@@ -259,7 +256,7 @@ class KairosApp:
             view = customer_view(self.states.get(key), self.pending.get(key))
             if view is None:
                 return web.json({"error": "unknown customer"}, status=404)
-            return web.json(view)
+            return web.json(view, status=500 if "error" in view else 200)
 
         register_dashboard(app, self.metrics)
         return app
@@ -437,24 +434,14 @@ class KairosApp:
             return 0
         now = self.clock.now()
         found: list[bytes] = []
-        try:
-            for n, (key, data) in enumerate(self.states.items(), start=1):
-                if (
-                    isinstance(data, bytes)
-                    and self.processor.idle_past_retention(
-                        decode_last_seen(data[ROW_HEADER_SIZE:]), now
-                    )
-                    and not decode_pending(self.pending.get(key)).open
-                ):
-                    # An open decision keeps the customer (its window's own tick comes later):
-                    # ticking it on every sweep would only add load.
-                    found.append(key)
-                if n % chunk == 0:
-                    await asyncio.sleep(0)
-                    if self.app.rebalancing:
-                        return 0  # the partitions may have moved: the next sweep starts over
-        except StateError:
-            log.exception("retention sweep stopped at an unreadable customer row")
+        expires = self.processor.expires
+        for n, (key, data) in enumerate(self.states.items(), start=1):
+            if isinstance(data, bytes) and expires(key, data, partial(self.pending.get, key), now):
+                found.append(key)
+            if n % chunk == 0:
+                await asyncio.sleep(0)
+                if self.app.rebalancing:
+                    return 0  # the partitions may have moved: the next sweep starts over
         for key in found:
             await self.ticks_topic.send(key=key, value=b"")
         if found:
@@ -480,19 +467,13 @@ class KairosApp:
         """Re-read due times from the tables of the partitions this worker now holds."""
         started = time.perf_counter()
         self.timers.clear()
-        self._rows = 0
-        for key, data in self.states.items():
-            self._rows += 1
-            state, _ = decode_state_row(data)
-            if state is None:
-                continue
-            dues = [due_at for due_at, _ in state.timers.values()]
-            if dues:
-                self.timers.schedule(key.decode(), min(dues))
-        for key, data in self.pending.items():
-            deadlines = pending_deadlines(data)
-            if deadlines:
-                self.timers.schedule(key.decode(), KEEP, min(deadlines))
+        self._rows = index_timers(
+            self.timers,
+            self.states.items(),
+            self.pending.items(),
+            self.metrics,
+            self.settings.log_customer_ids,
+        )
         self.metrics.table_rows.labels(table="customers").set(self._rows)
         log.info(
             "timer index rebuilt: %d customers in %.3f s",

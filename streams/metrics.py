@@ -133,6 +133,13 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
+        self.unreadable_rows = Counter(
+            "kairos_unreadable_rows_total",
+            "Table rows that did not decode and were skipped by a scan (timer index, retention); "
+            "a record that needs one is dead-lettered (reason unreadable_row)",
+            ["table"],
+            registry=r,
+        )
         self.rerouted = Counter(
             "kairos_rerouted_total",
             "Records that arrived on the wrong partition for their customer and were re-sent",

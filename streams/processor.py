@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
@@ -24,8 +24,10 @@ from engine.rewards import reward_of
 from engine.state import (
     EVENT_DIGEST_BYTES,
     CustomerState,
+    StateError,
     apply,
     apply_outcome,
+    decode_last_seen,
     decode_state,
     encode_state,
     epoch_seconds,
@@ -47,7 +49,7 @@ from streams.logs import customer_ref
 from streams.metrics import Children, WorkerMetrics
 from streams.partitioning import partition_of
 from streams.settings import Settings
-from streams.timer_index import KEEP, Unchanged
+from streams.timer_index import KEEP, TimerIndex, Unchanged
 
 log = logging.getLogger("kairos.processor")
 
@@ -93,9 +95,26 @@ def encode_pending(pending: PendingSet) -> bytes:
     return _pending_encoder.encode(pending)
 
 
+class UnreadableRowError(ValueError):
+    """A table row that does not decode (corrupt bytes, or written by something else).
+
+    The record that needed it is dead-lettered; scans (timers, retention) skip it. Both keep
+    the row as it is: a decoder bug in a new release must not wipe every customer it meets.
+    """
+
+    def __init__(self, table: str, detail: str) -> None:
+        super().__init__(f"unreadable {table} row: {detail}")
+        self.table = table
+
+
 def decode_pending(data: bytes | None) -> PendingSet:
     """Read a customer's pending decisions; an absent row is an empty set."""
-    return PendingSet() if not data else _pending_decoder.decode(data)
+    if not data:
+        return PendingSet()
+    try:
+        return _pending_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise UnreadableRowError("pending", str(exc)) from None
 
 
 _EMPTY_PENDING = encode_pending(PendingSet())
@@ -119,7 +138,12 @@ _deadlines_decoder = msgspec.msgpack.Decoder(_PendingDeadlines)
 
 def pending_deadlines(data: bytes | None) -> list[float]:
     """The attribution deadlines of a pending row, without decoding its decisions (far cheaper)."""
-    return [] if not data else [o.deadline for o in _deadlines_decoder.decode(data).open]
+    if not data:
+        return []
+    try:
+        return [o.deadline for o in _deadlines_decoder.decode(data).open]
+    except msgspec.DecodeError as exc:
+        raise UnreadableRowError("pending", str(exc)) from None
 
 
 #: Header of a rerouted record: topic:partition:offset it was read from before.
@@ -423,6 +447,27 @@ class Processor:
         """True if a customer last seen at `last_seen` (epoch s) is past the state TTL at `now`."""
         return last_seen + self.settings.state_ttl_days * 86_400 <= now.timestamp()
 
+    def expires(
+        self, key: bytes, state_row: bytes, pending_row: Callable[[], bytes | None], now: datetime
+    ) -> bool:
+        """True if this customers-table row is idle past the state TTL with no decision open
+        (the retention sweep's test; the pending row is read only for an idle customer).
+
+        An open decision keeps the customer: its window's own tick comes later. An unreadable
+        row is skipped (logged, counted) and kept: it stopped the sweep at that row before.
+        """
+        try:
+            last_seen = decode_last_seen(state_row[ROW_HEADER_SIZE:])
+            return (
+                self.idle_past_retention(last_seen, now) and not decode_pending(pending_row()).open
+            )
+        except StateError as exc:
+            unreadable = UnreadableRowError("customers", str(exc))
+        except UnreadableRowError as exc:
+            unreadable = exc
+        _skip_unreadable(key, unreadable, self.metrics, self.settings.log_customer_ids)
+        return False
+
     # ---- learning -----------------------------------------------------------------------------
 
     def learn(self, record: RewardRecord) -> bool:
@@ -638,6 +683,9 @@ class Processor:
 
     def processing_error(self, raw: bytes, source: tuple[str, int, int], exc: Exception) -> Result:
         """Dead-letter a record whose processing raised: the worker goes on with the next one."""
+        if isinstance(exc, UnreadableRowError):  # not a bug here: the row is kept as it is
+            error = RecordError("unreadable_row", str(exc)[:500])
+            return self._dead_letter(raw, source, error)
         log.exception("processing failed for %s[%d]@%d", *source)
         error = RecordError("processing_error", f"{type(exc).__name__}: {exc}"[:500])
         return self._dead_letter(raw, source, error)
@@ -686,8 +734,58 @@ def decode_state_row(data: bytes | None) -> tuple[CustomerState | None, Applied]
     """Read a customers-table row; an absent row is no state and nothing applied."""
     if not data:
         return None, NOTHING_APPLIED
-    partition, offset = _ROW_HEADER.unpack_from(data)
-    return decode_state(data[_ROW_HEADER.size :]), Applied(partition, offset)
+    try:
+        partition, offset = _ROW_HEADER.unpack_from(data)
+        return decode_state(data[_ROW_HEADER.size :]), Applied(partition, offset)
+    except (struct.error, StateError) as exc:
+        raise UnreadableRowError("customers", str(exc)) from None
+
+
+def index_timers(
+    timers: TimerIndex,
+    customers: Iterable[tuple[Any, Any]],
+    pending: Iterable[tuple[Any, Any]],
+    metrics: WorkerMetrics,
+    log_customer_ids: str,
+) -> int:
+    """Schedule the due times (timers, attribution deadlines) of these table rows (key and value
+    bytes, as RocksDB gives them in raw mode); returns how many customer rows there are. An unreadable row is skipped, logged and counted: it stopped
+    both runtimes at every start (the index is rebuilt on each assignment)."""
+    rows = 0
+    for key, data in customers:
+        rows += 1
+        try:
+            state, _ = decode_state_row(data)
+        except UnreadableRowError as exc:
+            _skip_unreadable(key, exc, metrics, log_customer_ids)
+            continue
+        if state is not None:
+            dues = [due_at for due_at, _ in state.timers.values()]
+            if dues:
+                timers.schedule(_key_text(key), min(dues))
+    for key, data in pending:
+        try:
+            deadlines = pending_deadlines(data)
+        except UnreadableRowError as exc:
+            _skip_unreadable(key, exc, metrics, log_customer_ids)
+            continue
+        if deadlines:
+            timers.schedule(_key_text(key), KEEP, min(deadlines))
+    return rows
+
+
+def _key_text(key: bytes) -> str:
+    return key.decode(errors="replace")
+
+
+def _skip_unreadable(
+    key: bytes, exc: UnreadableRowError, metrics: WorkerMetrics, log_customer_ids: str
+) -> None:
+    metrics.unreadable_rows.labels(table=exc.table).inc()
+    log.warning(
+        "skipped an unreadable table row",
+        extra={"customer": customer_ref(_key_text(key), log_customer_ids), "error": str(exc)},
+    )
 
 
 def _find_open(pending: PendingSet, outcome: Outcome) -> OpenDecision | None:
@@ -750,10 +848,15 @@ def state_view(state: CustomerState) -> dict[str, object]:
 
 
 def customer_view(state_row: bytes | None, pending_row: bytes | None) -> dict[str, object] | None:
-    """A customer's rows as JSON for the web lookup (state_view and open decisions), or None."""
+    """A customer's rows as JSON for the web lookup (state_view and open decisions), or None;
+    {"error": ...} if a row does not decode."""
     if state_row is None:
         return None
-    state, _ = decode_state_row(state_row)
+    try:
+        state, _ = decode_state_row(state_row)
+        pending = decode_pending(pending_row)
+    except UnreadableRowError as exc:
+        return {"error": str(exc)}  # the web lookup answers 500 with it
     open_decisions = [
         {
             "decision_id": o.decision.decision_id,
@@ -761,7 +864,7 @@ def customer_view(state_row: bytes | None, pending_row: bytes | None) -> dict[st
             "action": o.decision.action_id,
             "window_ends": _deadline(o),
         }
-        for o in decode_pending(pending_row).open
+        for o in pending.open
     ]
     return {
         "state": {} if state is None else state_view(state),

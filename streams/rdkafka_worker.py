@@ -44,6 +44,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,23 +54,19 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from engine.campaign import Campaign
 from engine.clock import Clock, SystemClock
-from engine.state import StateError, decode_last_seen
 from streams.client_stats import stats_config
 from streams.gc_pauses import freeze_startup_heap
 from streams.metrics import WorkerMetrics
 from streams.partitioning import partition_of
 from streams.processor import (
-    ROW_HEADER_SIZE,
     Processor,
     Result,
     carry_headers,
-    decode_pending,
-    decode_state_row,
-    pending_deadlines,
+    index_timers,
 )
 from streams.redo_log import OutputRecord, RowWrite, UnackedWrites
 from streams.settings import Settings
-from streams.timer_index import KEEP, TimerIndex
+from streams.timer_index import TimerIndex
 from streams.topics import TABLES, changelog_topic, producer_config
 
 log = logging.getLogger("kairos.rdkafka_worker")
@@ -809,23 +806,19 @@ class RdkafkaWorker:
         """Customers idle past the state TTL with nothing open, `chunk` rows at a time."""
         now = self.clock.now()
         found: list[str] = []
+        expires = self.processor.expires
         for tables in list(self.tables.values()):
             pending_db = tables.pending.db
-            try:
-                for n, (key, data) in enumerate(tables.customers.db.items(), start=1):
-                    if (
-                        isinstance(data, bytes)
-                        and self.processor.idle_past_retention(
-                            decode_last_seen(data[ROW_HEADER_SIZE:]), now
-                        )
-                        and not decode_pending(pending_db.get(key)).open
-                    ):
-                        found.append(_text(key))
-                    if n % chunk == 0:
-                        yield found
-                        found = []
-            except StateError:
-                log.exception("retention sweep stopped at an unreadable customer row")
+            for n, (key, data) in enumerate(tables.customers.db.items(), start=1):
+                if (  # raw mode: keys and values are bytes
+                    isinstance(key, bytes)
+                    and isinstance(data, bytes)
+                    and expires(key, data, partial(pending_db.get, key), now)
+                ):
+                    found.append(_text(key))
+                if n % chunk == 0:
+                    yield found
+                    found = []
         yield found
 
     def _advance_sweep(self) -> None:
@@ -1170,18 +1163,13 @@ class RdkafkaWorker:
         self.timers.clear()
         rows = 0
         for tables in self.tables.values():
-            for key, data in tables.customers.db.items():
-                rows += 1
-                state, _ = decode_state_row(data)
-                if state is None:
-                    continue
-                dues = [due_at for due_at, _ in state.timers.values()]
-                if dues:
-                    self.timers.schedule(_text(key), min(dues))
-            for key, data in tables.pending.db.items():
-                deadlines = pending_deadlines(data if isinstance(data, bytes) else None)
-                if deadlines:
-                    self.timers.schedule(_text(key), KEEP, min(deadlines))
+            rows += index_timers(
+                self.timers,
+                tables.customers.db.items(),
+                tables.pending.db.items(),
+                self.metrics,
+                self.settings.log_customer_ids,
+            )
         self._row_count = rows
         self.metrics.table_rows.labels(table="customers").set(rows)
 

@@ -99,7 +99,7 @@ class WorkerWebServer:
             view = self.customer_view(customer_id) if customer_id else None
             if view is None:
                 return _json(404, {"error": "unknown customer"})
-            return _json(200, view)
+            return _json(500 if "error" in view else 200, view)
         return _json(404, {"error": "not found"})
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:

@@ -24,8 +24,10 @@ from streams.processor import (
     Processor,
     Result,
     carry_headers,
+    customer_view,
     decode_pending,
     decode_state_row,
+    index_timers,
 )
 from streams.settings import Settings
 from streams.timer_index import KEEP, TimerIndex
@@ -718,3 +720,75 @@ def test_decision_reasons_and_guardrail_hits_are_counted_per_campaign(
         for reason in {first.reason, second.reason}
     }
     assert sum(v or 0 for v in reasons.values()) == 2
+
+
+UNREADABLE = b"\x01garbage, not a row"
+
+
+def _unreadable_rows(processor: Processor, clock: ManualClock) -> Rows:
+    """c-state has an unreadable customers row, c-pending an unreadable pending row, c-ok both
+    readable with a cart-abandonment timer armed."""
+    rows = Rows()
+    rows.states["c-state"] = UNREADABLE
+    rows.pendings["c-pending"] = UNREADABLE
+    rows.save(processor.on_event(raw_event(clock, "c-ok", "cart_add", price=20.0), rows, src()))
+    return rows
+
+
+@pytest.mark.parametrize("customer", ["c-state", "c-pending"])
+def test_a_record_for_an_unreadable_row_is_dead_lettered_and_the_row_kept(
+    processor: Processor, clock: ManualClock, customer: str
+) -> None:
+    rows = _unreadable_rows(processor, clock)
+    raw = raw_event(clock, customer, "cart_abandoned")
+    try:
+        result = processor.on_event(raw, rows, src())
+    except Exception as exc:  # as both workers do with what processing raises
+        result = processor.processing_error(raw, SOURCE, exc)
+    assert result.state is None and result.pending is None  # the rows stay as they are
+    [letter] = [orjson.loads(o.value) for o in result.outputs]
+    assert letter["reason"] == "unreadable_row"
+    assert "unreadable" in letter["detail"]
+    assert original_bytes(orjson.dumps(letter)) == raw
+
+
+def test_the_timer_index_skips_unreadable_rows_and_counts_them(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = _unreadable_rows(processor, clock)
+    timers = TimerIndex()
+    counted = processor.metrics.unreadable_rows
+    customers = index_timers(
+        timers,
+        [(k.encode(), v) for k, v in rows.states.items()],
+        [(k.encode(), v) for k, v in rows.pendings.items()],
+        processor.metrics,
+        "plain",
+    )
+    assert customers == 2
+    assert timers.customers == 1  # c-ok's abandonment timer
+    assert timers.pop_due((clock.now() + timedelta(hours=1)).timestamp()) == ["c-ok"]
+    assert counted.labels(table="customers")._value.get() == 1
+    assert counted.labels(table="pending")._value.get() == 1
+
+
+def test_the_retention_sweep_passes_over_an_unreadable_row(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = _unreadable_rows(processor, clock)
+    later = clock.now() + timedelta(days=processor.settings.state_ttl_days + 1)
+    found = [
+        cid
+        for cid, row in rows.states.items()
+        if processor.expires(cid.encode(), row, lambda c=cid: rows.pending(c), later)
+    ]
+    assert found == ["c-ok"]
+    assert processor.metrics.unreadable_rows.labels(table="customers")._value.get() == 1
+
+
+def test_the_customer_lookup_names_an_unreadable_row() -> None:
+    view = customer_view(UNREADABLE, None)
+    assert view is not None and set(view) == {"error"}
+    assert str(view["error"]).startswith("unreadable customers row: cannot decode")
+    view = customer_view(None, UNREADABLE)
+    assert view is None  # no customers row: unknown, whatever the pending table holds

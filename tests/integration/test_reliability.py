@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
@@ -26,10 +27,13 @@ from schemas.codec import decode_event
 from schemas.records import Event, Trigger
 from streams.campaign_files import resolve_campaigns
 from streams.dead_letters import original_bytes
+from streams.partitioning import partition_of
 from streams.processor import state_view
 from streams.settings import Settings
+from streams.topics import changelog_topic, producer_config
 from streams.worker_process import WorkerProcess
 from tests.integration.kafka_io import TopicReader, event, produce
+from tests.integration.metrics_scrape import scrape, total
 from tests.integration.test_topology import customer_view
 
 FAILING_DISK_WORKER = "tests.integration.failing_disk_worker"
@@ -198,6 +202,51 @@ def test_a_record_near_the_broker_limit_is_dead_lettered_and_the_worker_goes_on(
 
 
 # --------------------------------------------------------------------------- crash safety
+
+
+@pytest.mark.parametrize("runtime", ["rdkafka", "faust"])
+def test_unreadable_table_rows_are_skipped_at_start_and_their_customers_records_dead_lettered(
+    settings: Settings, tmp_path: Path, runtime: str
+) -> None:
+    """One row that does not decode in a changelog stopped both runtimes at every start (the
+    timer index reads every row): now the worker starts, its other customers are decided, and
+    the bad rows' customers' records go to the dead-letter topic, the rows kept as they are."""
+    settings = settings.model_copy(update={"runtime": runtime})
+    producer = Producer(producer_config(settings))
+    bad = {"customers": "bad-state", "pending": "bad-pending"}
+    for table, customer in bad.items():
+        key = customer.encode()
+        producer.produce(
+            changelog_topic(settings, table),
+            key=key,
+            value=b"\x01garbage, not a row",
+            partition=partition_of(key, settings.partitions),
+        )
+    assert producer.flush(30) == 0
+    decisions = TopicReader(settings, settings.topics.decisions)
+    letters = TopicReader(settings, settings.topics.dlq)
+    good = ["good-1", "good-2"]
+    with WorkerProcess(settings, tmp_path / "worker.log") as worker:
+        worker.wait_ready(90)
+        sent = [event(c, "cart_abandoned") for c in [*good, *bad.values()]]
+        produce(settings, settings.topics.events, sent)
+        decisions.until(lambda rs: {r["customer_id"] for r in rs} >= set(good))
+        letters.until(lambda rs: len(rs) >= len(bad))
+        scraped = scrape(worker.url)
+        for customer in bad.values():
+            with pytest.raises(urllib.error.HTTPError) as answer:
+                customer_view(worker, customer)
+            assert answer.value.code == (500 if customer == "bad-state" else 404)
+    decisions.close()
+    letters.close()
+    assert sorted(r["customer_id"] for r in decisions.records) == good
+    assert {r["reason"] for r in letters.records} == {"unreadable_row"}
+    dead = sorted(
+        orjson.loads(original_bytes(orjson.dumps(r)))["customer_id"] for r in letters.records
+    )
+    assert dead == sorted(bad.values())
+    for table in bad:  # once per index rebuild: at least the one of the start
+        assert total(scraped, "kairos_unreadable_rows_total", table=table) >= 1
 
 
 @pytest.mark.parametrize("runtime", ["rdkafka", "faust"])
