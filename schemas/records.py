@@ -19,8 +19,13 @@ EVENT_TYPES: Final[frozenset[str]] = frozenset(
         "cart_abandoned",
         "session_start",
         "profile_update",
+        "erasure_requested",
     }
 )
+
+#: The event that asks for a customer's data to be deleted (right to erasure): the worker removes
+#: the customer's table rows, whatever they hold, instead of applying it.
+ERASURE_REQUESTED: Final[str] = "erasure_requested"
 
 #: Outcome types a sender or analytics system may report.
 OUTCOME_TYPES: Final[frozenset[str]] = frozenset(

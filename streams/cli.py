@@ -239,6 +239,31 @@ def tail(
 
 
 @app.command()
+def erase(
+    customer_ids: Annotated[
+        list[str], typer.Argument(help="Customer ids whose data the workers should delete.")
+    ],
+) -> None:
+    """Delete customers' data (right to erasure): their state and open decisions.
+
+    Sends an erasure_requested event per customer to the events topic; the worker that holds the
+    customer removes its table rows (and their changelog entries, by compaction). Records already
+    on the decisions and rewards topics stay until their retention ends; the models keep what
+    they learned.
+    """
+    from streams.erase_command import EraseError, request_erasure
+
+    settings = _settings()
+    _broker(settings, "erase")
+    try:
+        sent = request_erasure(settings, customer_ids)
+    except EraseError as exc:
+        _fail("erase", exc)
+        raise typer.Exit(1) from None
+    console.print(f"erasure requested for {sent} customer{'s' if sent != 1 else ''}")
+
+
+@app.command()
 def demo(
     customers: Annotated[int, typer.Option(help="Synthetic customers to feed.")] = 60,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 90.0,

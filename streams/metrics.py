@@ -67,6 +67,11 @@ class WorkerMetrics:
             "Customers removed from the tables after the state TTL with nothing open",
             registry=r,
         )
+        self.erased_customers = Counter(
+            "kairos_erased_customers_total",
+            "Erasure requests (erasure_requested events) carried out: the customer's rows removed",
+            registry=r,
+        )
         self.duplicates = Counter(
             "kairos_duplicates_total", "Records ignored as already processed", ["kind"], registry=r
         )

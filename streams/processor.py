@@ -43,7 +43,7 @@ from schemas.codec import (
     encode,
     encode_action,
 )
-from schemas.records import Decision, Outcome, RewardRecord, Trigger
+from schemas.records import ERASURE_REQUESTED, Decision, Outcome, RewardRecord, Trigger
 from streams.dead_letters import dead_letter_record
 from streams.logs import customer_ref
 from streams.metrics import Children, WorkerMetrics
@@ -308,13 +308,16 @@ class Processor:
         now = self.clock.now()
         try:
             event = decode_event(raw)
-            check_time(event.ts, now, self._max_event_past_s, self._max_event_future_s)
+            if event.type != ERASURE_REQUESTED:  # honoured however late it comes
+                check_time(event.ts, now, self._max_event_past_s, self._max_event_future_s)
         except RecordError as error:
             return self._dead_letter(raw, source, error, key)
         customer_id = event.customer_id
         if self._misplaced(customer_id, source, key, partitions):
             return self._reroute(raw, source, customer_id)
         self._events_in(event.type).inc()
+        if event.type == ERASURE_REQUESTED:
+            return self._erase(customer_id, rows)
         prev, applied = decode_state_row(rows.state(customer_id))
         _, partition, offset = source
         if prev is not None and applied.partition == partition and offset <= applied.offset:
@@ -340,6 +343,23 @@ class Processor:
         pending = decode_pending(pending_row)
         state = self._decide_all(state, pending, triggers, now, result)
         return self._finish(result, state, pending, Applied(partition, offset), None, pending_row)
+
+    def _erase(self, customer_id: str, rows: CustomerRows) -> Result:
+        """Remove the customer's rows (state and open decisions) without reading them, so an
+        unreadable row goes too. Open decisions are dropped unrewarded: learning from them
+        would keep the customer's features in the rewards topic."""
+        result = Result(customer_id)
+        if rows.state(customer_id) is not None or rows.pending(customer_id) is not None:
+            result.expired = True
+        self.metrics.erased_customers.inc()
+        log.info(
+            "customer erased",
+            extra={
+                "customer": customer_ref(customer_id, self.settings.log_customer_ids),
+                "had_rows": result.expired,
+            },
+        )
+        return result
 
     # ---- outcomes -----------------------------------------------------------------------------
 

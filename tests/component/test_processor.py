@@ -702,13 +702,17 @@ def test_decision_reasons_and_guardrail_hits_are_counted_per_campaign(
         return registry.get_sample_value("kairos_guardrail_hits_total", labels) or 0.0
 
     # Noon: no guardrail applies to a first message.
-    decided = rows.save(processor.on_event(raw_event(clock, "g1", "cart_abandoned"), rows, src()))
+    # Fixed event ids: the policy's draw follows from the trigger id (random ids made the test
+    # depend on which action the first draw took).
+    first_event = raw_event(clock, "g1", "cart_abandoned", event_id="g1-first")
+    decided = rows.save(processor.on_event(first_event, rows, src()))
     (first,) = decided.decisions
     assert all(hits(name) == 0 for name in GUARDRAIL_ORDER)
     # 23:00 UTC (the campaign's quiet hours are 21-8 in the customer's zone, UTC by default):
     # every "now" action is off the table, and the message of noon caps its channel.
     clock.advance(11 * 3600)
-    later = rows.save(processor.on_event(raw_event(clock, "g1", "cart_abandoned"), rows, src()))
+    second_event = raw_event(clock, "g1", "cart_abandoned", event_id="g1-second")
+    later = rows.save(processor.on_event(second_event, rows, src()))
     (second,) = later.decisions
     assert hits("quiet_hours") == 1
     if first.action.get("channel") != "none":
@@ -792,3 +796,48 @@ def test_the_customer_lookup_names_an_unreadable_row() -> None:
     assert str(view["error"]).startswith("unreadable customers row: cannot decode")
     view = customer_view(None, UNREADABLE)
     assert view is None  # no customers row: unknown, whatever the pending table holds
+
+
+def _erasure(clock: ManualClock, cid: str, ts: datetime | None = None) -> bytes:
+    return raw_event(clock, cid, "erasure_requested", ts=(ts or clock.now()).isoformat())
+
+
+def test_an_erasure_request_removes_the_customers_rows_and_open_decisions(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = Rows()
+    rows.save(processor.on_event(raw_event(clock, "c-gone", "cart_add", price=20.0), rows, src()))
+    decided = rows.save(
+        processor.on_event(raw_event(clock, "c-gone", "cart_abandoned"), rows, src())
+    )
+    [decision] = decisions_of(decided, processor.settings)
+    assert rows.pendings["c-gone"]
+    rows.save(processor.on_event(raw_event(clock, "c-kept", "cart_add", price=5.0), rows, src()))
+    # Sent long after the event-age window (30 days): an erasure is honoured however late.
+    late = clock.now() - timedelta(days=90)
+    erased = rows.save(processor.on_event(_erasure(clock, "c-gone", late), rows, src()))
+    assert erased.expired and erased.outputs == []
+    assert "c-gone" not in rows.states and "c-gone" not in rows.pendings
+    assert "c-kept" in rows.states
+    assert processor.metrics.erased_customers._value.get() == 1
+    # The dropped decision's outcome finds nothing to join: no reward keeps the features.
+    clock.advance(60)
+    outcome = raw_outcome(clock, "o-1", "c-gone", decision.decision_id, "converted")
+    joined = rows.save(processor.on_outcome(outcome, rows, src()))
+    assert not [o for o in joined.outputs if o.topic == processor.settings.topics.rewards]
+
+
+def test_an_erasure_request_removes_an_unreadable_row_and_one_for_nobody_changes_nothing(
+    processor: Processor, clock: ManualClock
+) -> None:
+    rows = _unreadable_rows(processor, clock)
+    for customer in ("c-state", "c-pending"):
+        assert rows.save(processor.on_event(_erasure(clock, customer), rows, src())).expired
+    assert set(rows.states) == {"c-ok"} and set(rows.pendings) <= {"c-ok"}
+    nobody = processor.on_event(_erasure(clock, "c-never-seen"), rows, src())
+    assert not nobody.expired and nobody.state is None and nobody.outputs == []
+    # The customer's next event starts afresh.
+    again = rows.save(
+        processor.on_event(raw_event(clock, "c-state", "cart_abandoned"), rows, src())
+    )
+    assert decisions_of(again, processor.settings)

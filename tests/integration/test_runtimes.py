@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import time
 import urllib.error
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
+from typer.testing import CliRunner
 
 from bench._proc_stats import process_cpu_s
-from streams.settings import Settings
+from streams.cli import app as cli_app
+from streams.settings import Settings, settings_env
 from streams.worker_process import WorkerProcess
 from tests.integration.kafka_io import TopicReader, event, produce
+from tests.integration.metrics_scrape import scrape, total
 from tests.integration.test_topology import customer_view
 
 CUSTOMERS = [f"rt-{i}" for i in range(12)]
@@ -178,3 +183,40 @@ def test_a_spinning_rdkafka_worker_decides_each_trigger_once_and_idles_without_s
     assert len(ids) == len(set(ids)) == len(CUSTOMERS)
     assert cpu_before is not None and cpu_after is not None
     assert (cpu_after - cpu_before) / elapsed < 0.3
+
+
+@pytest.mark.parametrize("runtime", ["rdkafka", "faust"])
+def test_kairos_erase_removes_a_customer_for_good_and_leaves_the_others(
+    settings: Settings, tmp_path: Path, runtime: str
+) -> None:
+    """`kairos erase` as an operator runs it: the customer's rows go, open decision included,
+    and stay gone after a restart (the changelog holds tombstones, not the old rows)."""
+    s = settings.model_copy(update={"runtime": runtime})
+    gone, kept = "erase-me", "keep-me"
+    decisions = TopicReader(s, s.topics.decisions)
+    with WorkerProcess(s, tmp_path / "worker-1.log") as worker:
+        worker.wait_ready(90)
+        produce(s, s.topics.events, [event(c, "cart_abandoned") for c in (gone, kept)])
+        decisions.until(lambda rs: {r["customer_id"] for r in rs} >= {gone, kept})
+        assert _view(worker, gone) is not None
+        answer = CliRunner().invoke(cli_app, ["erase", gone], env=settings_env(s))
+        assert answer.exit_code == 0, answer.output
+        assert "erasure requested for 1 customer" in answer.output
+        _wait_for(lambda: _view(worker, gone) is None, worker)
+        assert _view(worker, kept) is not None
+        erased = total(scrape(worker.url), "kairos_erased_customers_total")
+    assert erased == 1
+    with WorkerProcess(s, tmp_path / "worker-2.log") as worker:
+        worker.wait_ready(90)
+        assert _view(worker, gone) is None
+        view = _view(worker, kept)
+        assert view is not None and len(view["open_decisions"]) == 1
+    decisions.close()
+
+
+def _wait_for(condition: Callable[[], bool], worker: WorkerProcess, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {worker.log_tail()}")
+        time.sleep(0.1)

@@ -49,6 +49,7 @@ def test_type_sets_match_the_contract() -> None:
         "cart_abandoned",
         "session_start",
         "profile_update",
+        "erasure_requested",
     } == EVENT_TYPES
     assert {"delivered", "opened", "clicked", "converted", "unsubscribed", "bounced"} == (
         OUTCOME_TYPES
