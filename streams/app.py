@@ -23,6 +23,7 @@ from faust.types import EventT
 
 from engine.campaign import Campaign
 from engine.clock import Clock, SystemClock
+from streams.client_stats import stats_config
 from streams.dashboard import register_dashboard
 from streams.gc_pauses import freeze_startup_heap
 from streams.metrics import WorkerMetrics
@@ -34,6 +35,7 @@ from streams.processor import (
     customer_view,
     index_timers,
 )
+from streams.rdkafka_producer import RdkafkaProducer
 from streams.settings import Settings
 from streams.timer_index import TimerIndex
 from streams.topics import MAX_RECORD_BYTES, TABLES, producer_config
@@ -136,13 +138,16 @@ class KairosApp:
         use_rdkafka = s.producer_client == "librdkafka" and s.processing_guarantee != "exactly_once"
         app.kairos_producer_config = (  # type: ignore[attr-defined]
             producer_config(
-                s, **{"acks": s.producer_acks, "enable.idempotence": s.producer_acks == -1}
+                s,
+                **{"acks": s.producer_acks, "enable.idempotence": s.producer_acks == -1},
+                **stats_config(self.metrics, "producer"),
             )
             if use_rdkafka
             else None
         )
         # The action topic is sent without linger, by a client of its own (rdkafka_producer).
         app.kairos_urgent_topics = frozenset({s.topics.decisions})  # type: ignore[attr-defined]
+        app.kairos_urgent_overrides = stats_config(self.metrics, "decisions")  # type: ignore[attr-defined]
         raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
         names = s.topics
         self.events_topic = app.topic(names.events, partitions=s.partitions, **raw)
@@ -204,6 +209,9 @@ class KairosApp:
         async def report_lag() -> None:
             if self.ready and not app.rebalancing:
                 self._report_lag()
+            producer = app.producer
+            if isinstance(producer, RdkafkaProducer):  # its statistics: the broker gauges
+                producer.serve_callbacks()
 
         @app.task  # type: ignore[untyped-decorator]
         async def watch_loop_lag() -> None:

@@ -80,7 +80,16 @@ class RdkafkaProducer(DrainingProducer):
         # decision never waits for a batch of changelog records to fill.
         self._urgent_topics = frozenset(getattr(self.app, "kairos_urgent_topics", ()))
         if self._urgent_topics:
-            self._urgent = Producer({**config, "linger.ms": 0})
+            # Its own statistics label, if the app reports them (streams/client_stats.py).
+            urgent: Mapping[str, Any] = getattr(self.app, "kairos_urgent_overrides", {})
+            self._urgent = Producer({**config, "linger.ms": 0, **urgent})
+
+    def serve_callbacks(self) -> None:
+        """Serve librdkafka's queued callbacks now (deliveries, statistics); the app calls it on
+        a timer, since sends alone would leave an idle worker's statistics unserved."""
+        for producer in (self._rdkafka, self._urgent):
+            if producer is not None:
+                producer.poll(0)
 
     def _poll_deliveries(self) -> None:
         """Serve delivery reports on the event loop; again soon while records are unacknowledged.

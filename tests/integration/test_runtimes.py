@@ -220,3 +220,23 @@ def _wait_for(condition: Callable[[], bool], worker: WorkerProcess, timeout_s: f
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout_s} s: {worker.log_tail()}")
         time.sleep(0.1)
+
+
+def test_the_faust_runtime_reports_its_producers_broker_connections(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The broker gauges (librdkafka statistics) on the Faust runtime too: its two producers."""
+    s = settings.model_copy(update={"runtime": "faust"})
+    with WorkerProcess(s, tmp_path / "worker.log") as worker:
+        worker.wait_ready(90)
+        produce(s, s.topics.events, [event("faust-stats", "cart_abandoned")])
+
+        def connected() -> bool:
+            samples = scrape(worker.url)
+            return all(
+                total(samples, "kairos_kafka_brokers_up", client=client) == 1
+                and total(samples, "kairos_kafka_brokers_known", client=client) == 1
+                for client in ("producer", "decisions")
+            )
+
+        _wait_for(connected, worker)
