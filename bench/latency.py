@@ -856,7 +856,16 @@ is met in this run, not held. Two side-by-side runs 80-100 minutes later (`--onl
 trigger, the broker holding 270 topics left by the tests): 3.1x and 3.3x pooled, Kairos's p99
 20.2 and 22.3 ms, the 10 ms goal missed as well. Not the code: in process, the code of that
 evening against the morning's (0ff5abd), 3 alternations, a trigger cost 149-150 against 149-164 µs
-and a mixed event 51-59 against 48-54 µs.
+and a mixed event 51-59 against 48-54 µs. On 2026-12-08 00:47-01:00, three such runs back to back
+on a freshly cleaned broker, the code of that night, then that of the evening before (3ff3aad, in
+a worktree), then that night's again (the probe at 108-128 µs a trigger throughout): 3.1x, 3.5x
+and 1.8x pooled, Kairos's p99 14.7, 19.8 and 9.2 ms against the bare loop's 4.8, 5.7 and 5.3 ms.
+Within 15 minutes the same code gave 1.8x and 3.1x: one run decides nothing about the 2x goal.
+Per thread at 1,000 triggers/s (`/proc/<pid>/task`, 20 s): the worker's main thread 470-540 µs
+of CPU a trigger, its three librdkafka broker threads 130-160 µs together; py-spy (native
+frames) on the main thread: processing the record 58% (deciding 31%, of it the bandit 10% and
+features 8%), writing and sending a turn 27% (the write() calls of the redo note and the RocksDB
+WAL 9%, produce 6%), the poll that returns a record 4%.
 
 **Where Kairos's extra latency is (diagnostic runs with timestamps in Kafka headers, not in
 the shipped code):** per trigger at 1,000/s, bare loop against Kairos worker, p50 / p99 in ms:
