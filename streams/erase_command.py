@@ -10,10 +10,10 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import orjson
 from confluent_kafka import Producer
 
-from schemas.records import ERASURE_REQUESTED
+from schemas.codec import encode
+from schemas.records import ERASURE_REQUESTED, Event
 from streams.settings import Settings
 from streams.topics import producer_config
 
@@ -23,15 +23,14 @@ class EraseError(RuntimeError):
 
 
 def erasure_event(customer_id: str, now: datetime) -> bytes:
-    """The JSON of one erasure request for `customer_id`."""
-    return orjson.dumps(
-        {
-            "event_id": f"erase-{uuid.uuid4().hex}",
-            "customer_id": customer_id,
-            "type": ERASURE_REQUESTED,
-            "ts": now.astimezone(UTC).isoformat(),
-        }
+    """The JSON of one erasure request for `customer_id` (the wire Event, as producers send)."""
+    event = Event(
+        event_id=f"erase-{uuid.uuid4().hex}",
+        customer_id=customer_id,
+        type=ERASURE_REQUESTED,
+        ts=now.astimezone(UTC),
     )
+    return encode(event)
 
 
 def request_erasure(

@@ -769,8 +769,10 @@ def index_timers(
     log_customer_ids: str,
 ) -> int:
     """Schedule the due times (timers, attribution deadlines) of these table rows (key and value
-    bytes, as RocksDB gives them in raw mode); returns how many customer rows there are. An unreadable row is skipped, logged and counted: it stopped
-    both runtimes at every start (the index is rebuilt on each assignment)."""
+    bytes, as RocksDB gives them in raw mode); returns how many customer rows there are.
+
+    An unreadable row is skipped, logged and counted: it stopped both runtimes at every start
+    (the index is rebuilt on each assignment)."""
     rows = 0
     for key, data in customers:
         rows += 1
